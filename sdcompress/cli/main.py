@@ -1,0 +1,90 @@
+"""Command-line entry point: ``sdcompress MODEL [options]`` runs the whole pipeline;
+``sdcompress SUBCOMMAND ...`` runs one stage.
+
+This layer only parses arguments, configures logging and turns the toolkit's typed
+errors into one line on stderr and a non-zero exit (tracebacks only with ``--verbose``).
+Each subcommand lives in ``sdcompress/cli/<name>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+#: subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("sdcompress.cli.train", "train a model with constant-step SGD to the edge of stability"),
+    "estimate": ("sdcompress.cli.estimate", "estimate sharpness exponents, SD and Lyapunov subspaces"),
+    "plan": ("sdcompress.cli.plan", "write a compression plan from estimates (nothing is changed)"),
+    "compress": ("sdcompress.cli.compress", "apply a plan.json to a model and save the result"),
+    "evaluate": ("sdcompress.cli.evaluate", "test loss, gap and SD of a (compressed) model"),
+    "recipe": ("sdcompress.cli.recipe", "run a YAML recipe"),
+    "report": ("sdcompress.cli.report", "re-render report.md and plots of a finished run folder"),
+}
+PIPELINE_MODULE = "sdcompress.cli.run"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    group.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks on errors")
+
+
+def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, str]:
+    """The parser for this command line and which module runs it."""
+    first = argv[0] if argv else ""
+    if first in SUBCOMMANDS:
+        module, help_ = SUBCOMMANDS[first]
+        parser = argparse.ArgumentParser(
+            prog=f"sdcompress {first}", description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+    else:
+        module = PIPELINE_MODULE
+        epilog = "subcommands:\n" + "\n".join(f"  {k:<10} {v[1]}" for k, v in SUBCOMMANDS.items())
+        epilog += "\n\nrun 'sdcompress SUBCOMMAND --help' for each one's options."
+        parser = argparse.ArgumentParser(
+            prog="sdcompress",
+            description="Estimate the Sharpness Dimension of a model at the edge of stability, compress it "
+            "guided by SD, and verify that generalization is preserved.",
+            epilog=epilog,
+            formatter_class=lambda prog: _Formatter(prog, max_help_position=32),
+        )
+    _add_common(parser)
+    importlib.import_module(module).add_arguments(parser)
+    return parser, module
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 on success)."""
+    from sdcompress.errors import SdcompressError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args_for_parser = argv[1:] if argv and argv[0] in SUBCOMMANDS else argv
+    parser, module = build_parser(argv)
+    args = parser.parse_args(args_for_parser)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "datasets", "accelerate", "matplotlib", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not args.verbose else logging.WARNING)
+    try:
+        return int(importlib.import_module(module).run(args) or 0)
+    except SdcompressError as exc:
+        if args.verbose:
+            raise
+        print(f"sdcompress: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdcompress: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
