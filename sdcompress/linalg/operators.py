@@ -16,6 +16,7 @@ from torch import Tensor
 
 from sdcompress.data.core import Batch
 from sdcompress.errors import ConfigError
+from sdcompress.linalg.distributed import all_reduce_sum, is_distributed, shard_batch
 from sdcompress.linalg.hvp import HvpMethod, batched_hvp
 from sdcompress.models.functional import FunctionalLoss
 
@@ -67,6 +68,11 @@ class DenseOperator(SymmetricOperator):
 class HessianOperator(SymmetricOperator):
     """H_B(w) = ∇²_w L_B(w), the Hessian of the minibatch loss over the chosen parameters.
 
+    Under ``torch.distributed`` with several processes, each process multiplies by the
+    Hessian of its shard of B and the results are all-reduced (see
+    :mod:`sdcompress.linalg.distributed`); every process must call ``matmat`` with the
+    same vectors.
+
     Args:
         loss: functional loss over a parameter subset (its d is the operator's d).
         batch: the minibatch B (fixed for the operator's lifetime).
@@ -91,7 +97,11 @@ class HessianOperator(SymmetricOperator):
         self.chunk_size, self.method = chunk_size, method
 
     def _matmat(self, V: Tensor) -> Tensor:
-        return batched_hvp(self.loss, self.batch, V, self.w, chunk_size=self.chunk_size, method=self.method)
+        if not is_distributed():
+            return batched_hvp(self.loss, self.batch, V, self.w, chunk_size=self.chunk_size, method=self.method)
+        shard, weight = shard_batch(self.batch)
+        out = batched_hvp(self.loss, shard, V, self.w, chunk_size=self.chunk_size, method=self.method)
+        return all_reduce_sum(out * weight)
 
 
 class StepJacobian(SymmetricOperator):
