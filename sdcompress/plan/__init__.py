@@ -1,0 +1,77 @@
+"""Compression plans: the schema, the SD-guided planner and the baselines.
+
+``plan(estimate, modules, config)`` is :func:`sdcompress.plan.planner.make_plan`. The
+package itself is callable with the same arguments, because ``from sdcompress import
+plan`` can return this package instead of the function once it has been imported (a
+package attribute set by the import system wins over the lazy export table).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from sdcompress.plan.baselines import energy_rank, fisher_row_weights, plan_baseline
+from sdcompress.plan.config import BASELINES, BUDGET_KEYS, STRATEGIES, SUPPORTED_BITS, PlanConfig
+from sdcompress.plan.planner import allot, importance_weights, make_plan, module_floors, plan_sd, rank_floor, water_fill
+from sdcompress.plan.schema import ALLOWED_BITS, KNOWN_STRATEGIES, PLAN_VERSION, ModulePlan, Plan, kept_count, quantized_bytes
+from sdcompress.plan.sizing import fit_budget, size_fraction
+from sdcompress.plan.targets import (
+    ModuleInfo,
+    ModuleStats,
+    candidate_modules,
+    default_targets,
+    describe_modules,
+    module_statistics,
+    resolve_targets,
+    stats_to_dict,
+)
+
+plan = make_plan
+
+__all__ = [
+    "ALLOWED_BITS",
+    "BASELINES",
+    "BUDGET_KEYS",
+    "KNOWN_STRATEGIES",
+    "ModuleInfo",
+    "ModulePlan",
+    "ModuleStats",
+    "PLAN_VERSION",
+    "Plan",
+    "PlanConfig",
+    "STRATEGIES",
+    "SUPPORTED_BITS",
+    "allot",
+    "candidate_modules",
+    "default_targets",
+    "describe_modules",
+    "energy_rank",
+    "fisher_row_weights",
+    "fit_budget",
+    "importance_weights",
+    "kept_count",
+    "make_plan",
+    "module_floors",
+    "module_statistics",
+    "plan",
+    "plan_baseline",
+    "plan_sd",
+    "quantized_bytes",
+    "rank_floor",
+    "resolve_targets",
+    "size_fraction",
+    "stats_to_dict",
+    "water_fill",
+]
+
+
+class _CallablePackage(types.ModuleType):
+    """``sdcompress.plan(...)`` is ``make_plan(...)`` (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Plan:
+        return make_plan(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

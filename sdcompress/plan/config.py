@@ -1,0 +1,159 @@
+"""``PlanConfig``: what the planner is asked to do, in plain types (a YAML view).
+
+The rank, pruning and bit-width settings each take ``"auto"`` (decided by SD and the
+Lyapunov subspace, see :mod:`sdcompress.plan.planner`), ``"off"``, or a number set by
+hand. ``strategy`` picks the SD-guided planner (``"sd"``) or one of the baselines of
+:mod:`sdcompress.plan.baselines`, which are sized to the same budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdcompress.errors import ConfigError
+
+#: planner names accepted by ``PlanConfig.strategy`` (the schema's ``KNOWN_STRATEGIES``
+#: less "manual", which is what a hand-set ``target_rank`` records)
+STRATEGIES = ("sd", "uniform-rank", "energy", "fisher", "magnitude", "uniform-bits")
+BASELINES = STRATEGIES[1:]
+BUDGET_KEYS = ("params_fraction", "bytes_fraction")
+SUPPORTED_BITS = (8, 4)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclass
+class PlanConfig:
+    """Settings of the planner.
+
+    Attributes:
+        target_rank: ``"auto"`` (the smallest rank whose degrees of freedom cover the
+            module's share of SD), ``"off"`` (no low-rank factorisation), or an integer
+            rank used for every target module.
+        prune: ``"auto"`` (keep as many weights as the module's share of SD), ``"off"``,
+            or the fraction of weights kept, in (0, 1].
+        bits: ``"auto"`` (4 bits for the modules holding the least of the attractor,
+            covering a fraction 1 − SD/d of the weights; 8 bits for the rest), ``"off"``
+            (float), 8 or 4.
+        tolerance: closed loop: raise ranks / kept weights / bits until the test loss is
+            within ``tolerance`` (nats) of the original; ``None``: one try. Also the
+            verdict's tolerance when set.
+        targets: module names (exact, or a parent module's name) or ``"re:<regex>"``
+            patterns; ``None``: the Linear/Conv1D layers inside transformer blocks or
+            hidden layers (not embeddings, not the output head).
+        ignore: patterns of modules to leave alone.
+        budget: ``{"params_fraction": f}`` or ``{"bytes_fraction": f}`` of the target
+            modules' weights after compression; ``{}``: no budget (SD decides alone).
+        strategy: ``"sd"`` or a baseline name (``uniform-rank``, ``energy``, ``fisher``,
+            ``magnitude``, ``uniform-bits``).
+        seed: seed of the batches used for planning statistics (Fisher baseline).
+        sd_scale: each module keeps at least ``sd_scale`` × its share of SD degrees of
+            freedom (1 = the floor; the closed loop raises it).
+        below_floor: let a budget push modules below the SD floor (for benchmarks at
+            equal size; the plan's notes then say so). Off: the floor wins over the budget.
+        subspace_weighting: γ in [0, 1): row/column importance weights are
+            ``(1 − γ) + γ · energy / mean(energy)`` of the Lyapunov subspace in that row or
+            column (0: plain SVD and magnitude scores).
+        near_full: SD/d at or above this is "SD ≈ d": the plan says plainly that the
+            floor permits little compression.
+        group_size: quantization group size.
+        max_tries: closed-loop attempts at most (with ``tolerance``).
+        growth: factor by which each closed-loop try raises ``sd_scale`` (or the kept
+            size of a hand-set plan).
+        fisher_batches: minibatches used for the Fisher baseline's squared gradients.
+    """
+
+    target_rank: str | int = "auto"
+    prune: str | float = "off"
+    bits: str | int = "off"
+    tolerance: float | None = None
+    targets: list[str] | None = None
+    ignore: list[str] = field(default_factory=list)
+    budget: dict[str, float] = field(default_factory=dict)
+    strategy: str = "sd"
+    seed: int = 0
+    sd_scale: float = 1.0
+    below_floor: bool = False
+    subspace_weighting: float = 0.5
+    near_full: float = 0.9
+    group_size: int = 64
+    max_tries: int = 4
+    growth: float = 1.5
+    fisher_batches: int = 4
+
+    # -- derived views ---------------------------------------------------------------
+    @property
+    def rank_mode(self) -> str:
+        """``"auto"``, ``"off"`` or ``"manual"``."""
+        return self.target_rank if isinstance(self.target_rank, str) else "manual"
+
+    @property
+    def prune_mode(self) -> str:
+        return self.prune if isinstance(self.prune, str) else "manual"
+
+    @property
+    def bits_mode(self) -> str:
+        return self.bits if isinstance(self.bits, str) else "manual"
+
+    def validate(self) -> "PlanConfig":
+        """Check every setting; returns ``self`` so calls chain.
+
+        Raises:
+            ConfigError: naming the setting, the value received and what is allowed.
+        """
+        tr = self.target_rank
+        if isinstance(tr, str) and tr not in ("auto", "off") or not isinstance(tr, str) and (not _is_int(tr) or tr < 1):
+            raise ConfigError(f"target_rank must be 'auto', 'off' or a positive integer, got {tr!r}")
+        pr = self.prune
+        if isinstance(pr, str) and pr not in ("auto", "off") or not isinstance(pr, str) and (not _is_num(pr) or not 0 < pr <= 1):
+            raise ConfigError(f"prune must be 'auto', 'off' or the fraction of weights kept in (0, 1], got {pr!r}")
+        b = self.bits
+        if isinstance(b, str) and b not in ("auto", "off") or not isinstance(b, str) and (not _is_int(b) or b not in SUPPORTED_BITS):
+            raise ConfigError(f"bits {b!r} is not supported; use 8, 4, 'auto' or 'off'")
+        if self.rank_mode != "off" and self.prune_mode != "off" and self.strategy == "sd":
+            raise ConfigError(
+                f"target_rank={tr!r} and prune={pr!r} both cut the same weights; a module is low-rank or pruned, "
+                "not both: pass --target-rank off to prune (or --prune off)"
+            )
+        if self.tolerance is not None and (not _is_num(self.tolerance) or not self.tolerance > 0 or not math.isfinite(self.tolerance)):
+            raise ConfigError(f"tolerance must be a positive number of nats of test loss, got {self.tolerance!r}")
+        for name in ("targets", "ignore"):
+            pats = getattr(self, name)
+            if pats is None and name == "targets":
+                continue
+            if not isinstance(pats, (list, tuple)) or not all(isinstance(p, str) and p for p in pats):
+                raise ConfigError(f"{name} must be a list of module names or 're:<regex>' patterns, got {pats!r}")
+        if not isinstance(self.budget, dict):
+            raise ConfigError(f"budget must be a mapping such as {{'params_fraction': 0.5}}, got {self.budget!r}")
+        unknown = sorted(set(self.budget) - set(BUDGET_KEYS))
+        if unknown or len(self.budget) > 1:
+            raise ConfigError(f"budget takes one of {list(BUDGET_KEYS)}, got {self.budget!r}")
+        for k, v in self.budget.items():
+            if not _is_num(v) or not 0 < v <= 1:
+                raise ConfigError(f"budget {k} must be in (0, 1], got {v!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy {self.strategy!r} is unknown; choose one of {list(STRATEGIES)}")
+        if not _is_num(self.sd_scale) or not self.sd_scale > 0:
+            raise ConfigError(f"sd_scale must be > 0, got {self.sd_scale!r}")
+        if not _is_num(self.subspace_weighting) or not 0 <= self.subspace_weighting < 1:
+            raise ConfigError(f"subspace_weighting must be in [0, 1), got {self.subspace_weighting!r}")
+        if not _is_num(self.near_full) or not 0 < self.near_full <= 1:
+            raise ConfigError(f"near_full must be in (0, 1], got {self.near_full!r}")
+        for name in ("group_size", "max_tries", "fisher_batches"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if not _is_num(self.growth) or not self.growth > 1:
+            raise ConfigError(f"growth must be > 1 (each closed-loop try keeps more), got {self.growth!r}")
+        return self
+
+
+__all__ = ["BASELINES", "BUDGET_KEYS", "PlanConfig", "STRATEGIES", "SUPPORTED_BITS"]
