@@ -176,8 +176,8 @@ def compress_(model: nn.Module, plan: Plan) -> CompressionReport:
     """
     if not isinstance(plan, Plan):
         raise PlanError(f"compress_ needs a Plan, got {type(plan).__name__}; load one with Plan.load(path)")
-    plan.validate()
     targets = check_plan_against_model(model, plan)  # everything checked before anything changes
+    plan.validate()  # plan-level fields and duplicate names
     params_before, bytes_before = count_storage(model)
     rows: list[ModuleReport] = []
     for mp in progress(plan.modules, desc="compress", total=len(plan.modules)):
@@ -211,8 +211,8 @@ def apply_structure_(model: nn.Module, plan: Plan) -> None:
     Raises:
         CompressionError: as :func:`compress_`.
     """
-    plan.validate()
     targets = check_plan_against_model(model, plan)
+    plan.validate()
     for mp in plan.modules:
         w, bias, source = linear_view(targets[mp.name])
         new = empty_compressed(mp, bias is not None, source, w.dtype, w.device)
