@@ -1,0 +1,359 @@
+"""Multi-step Lyapunov exponents by the QR (Benettin) method (PAPER.md §3, last part).
+
+For a map x_{t+1} = f_t(x_t) on R^d with Jacobians J_t = ∂f_t/∂x (x_t), the Lyapunov
+exponents are the growth rates of the product J_{T−1} ⋯ J_1 J_0 (Oseledets):
+
+    Λ_i = lim_{T→∞} (1/T) ln σ_i(J_{T−1} ⋯ J_0).
+
+Benettin's method tracks m orthonormal tangent vectors Q (d × m) along the orbit:
+
+    Z_t = J_t Q_{t−1},   Q_t R_t = qr(Z_t)  (diag R_t > 0),   Λ_i ≈ mean_t ln R_t[i, i],
+
+which needs only m Jacobian-vector products and one d × m QR per step. The first k
+columns of Q span the k most expanding directions (the dominant Lyapunov subspace), so
+the finite-time estimates come out in decreasing order asymptotically; after a finite
+number of steps near-equal exponents can be out of order, so the result sorts them and
+keeps the permutation. The Kaplan–Yorke formula of PAPER.md §2 applied to the sorted Λ
+gives the Lyapunov dimension D_Λ; when the running sum of all m tracked exponents is
+still ≥ 0 the dimension is only known to be ≥ m and the result says so.
+
+Numerics: the QR runs in float64 (Z is cast), the log-sum accumulates in float64, and Q
+is kept in the state's dtype for the Jacobian-vector products (float32 models stay
+float32 where the cost is).
+
+:func:`lyapunov_sd` (the SGD map of a model, in :mod:`sdcompress.estimator.lyapunov_sgd`)
+is re-exported from here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import jvp, vmap
+
+from sdcompress.errors import DivergenceError, EstimatorError
+from sdcompress.estimator.kaplan_yorke import critical_index, sharpness_dimension
+from sdcompress.progress import progress
+
+logger = logging.getLogger(__name__)
+
+#: ``jvp_fn(x, Q, t) -> J_t(x) Q`` for a (d, m) block of tangent vectors.
+JvpFn = Callable[[Tensor, Tensor, int], Tensor]
+StepFn = Callable[..., Tensor]
+
+# ln of the smallest positive float64: the floor for a stretch factor that is exactly 0
+# (a singular Jacobian, e.g. η·a = 1 on a quadratic), so one such step cannot turn the
+# average into −inf while still dominating it, as it should.
+_LOG_TINY = math.log(np.finfo(np.float64).tiny)
+
+
+@dataclass(frozen=True)
+class LyapunovResult:
+    """The top-m Lyapunov exponents of a map along one orbit.
+
+    Attributes:
+        exponents: (m,) float64, sorted decreasing (``exponents_qr[order]``).
+        exponents_qr: (m,) float64 in QR column order (column i of ``Q`` ↔ entry i).
+        order: (m,) permutation with ``exponents == exponents_qr[order]``.
+        dimension: Kaplan–Yorke dimension of ``exponents``; a lower bound when ``lower_bound``.
+        j_star: critical index (leading exponents with running sum ≥ 0).
+        lower_bound: the running sum of all m tracked exponents never turned negative and
+            m < d: the dimension is ≥ m, and ``dimension`` (= m) is not the true value.
+        state: the state after the last step, x_steps.
+        Q: (d, m) orthonormal tangent frame after the last step, in the state's dtype and
+            QR column order (pass it as ``q0`` to continue the run).
+        log_stretch: (steps − warmup, m) float64 ln R_t[i, i] of each averaged step, QR order.
+        running: (steps − warmup, m) float64 running means of ``log_stretch`` (the exponent
+            estimate after each step, for convergence plots), QR order.
+        d: state dimension.
+        steps: total steps taken (warm-up included).
+        warmup: steps discarded before averaging.
+        n_jvp: Jacobian-vector products spent (m per step, warm-up included).
+        wall_time_s: wall-clock seconds.
+    """
+
+    exponents: np.ndarray
+    exponents_qr: np.ndarray
+    order: np.ndarray
+    dimension: float
+    j_star: int
+    lower_bound: bool
+    state: Tensor
+    Q: Tensor
+    log_stretch: np.ndarray
+    running: np.ndarray
+    d: int
+    steps: int
+    warmup: int
+    n_jvp: int
+    wall_time_s: float
+
+    @property
+    def m(self) -> int:
+        return len(self.exponents)
+
+    @property
+    def running_dimension(self) -> np.ndarray:
+        """(steps − warmup,) Kaplan–Yorke dimension of the sorted running estimate after each step."""
+        return np.array([_sorted_dimension(r) for r in self.running])
+
+    def summary(self) -> str:
+        """One line: dimension (with ≥ when a lower bound), top exponent, cost."""
+        bound = "≥ " if self.lower_bound else ""
+        return (
+            f"Lyapunov dimension {bound}{self.dimension:.3f} from m = {self.m} of d = {self.d} "
+            f"(Λ_1 = {self.exponents[0]:.4g}, Σ = {self.exponents.sum():.4g}); "
+            f"{self.steps - self.warmup} averaged steps after {self.warmup} warm-up, {self.n_jvp} JVPs"
+        )
+
+
+def takes_time(step: StepFn) -> bool:
+    """Whether ``step`` has two required positional parameters (and is called ``step(x, t)``).
+
+    Parameters with defaults do not count, so ``f(x, a=1.4)`` is called as ``f(x)``.
+    """
+    try:
+        params = list(inspect.signature(step).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: step(x)
+        return False
+    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return len(required) >= 2
+
+
+def default_jvp(step: Callable[[Tensor, int], Tensor], chunk_size: int | None = None) -> JvpFn:
+    """``(x, Q, t) ↦ J_t(x) Q`` by forward-mode AD, ``vmap`` over Q's columns in chunks."""
+
+    def apply(x: Tensor, Q: Tensor, t: int) -> Tensor:
+        def tangent(v: Tensor) -> Tensor:
+            return jvp(lambda y: step(y, t), (x,), (v,))[1]
+
+        m = Q.shape[1]
+        size = m if chunk_size is None else max(1, chunk_size)
+        return torch.cat([vmap(tangent, in_dims=1, out_dims=1)(Q[:, i : i + size]) for i in range(0, m, size)], dim=1)
+
+    return apply
+
+
+def _check_inputs(x0: Tensor, n_exponents: int, steps: int, warmup: int) -> None:
+    if not isinstance(x0, Tensor) or x0.ndim != 1 or not x0.is_floating_point():
+        got = f"{type(x0).__name__} of shape {tuple(x0.shape)} and dtype {x0.dtype}" if isinstance(x0, Tensor) else type(x0).__name__
+        raise EstimatorError(f"x0 must be a flat floating-point tensor of shape (d,), got {got}; flatten the state first")
+    d = x0.shape[0]
+    if isinstance(n_exponents, bool) or not isinstance(n_exponents, int) or not 1 <= n_exponents <= d:
+        raise EstimatorError(
+            f"n_exponents must be an integer between 1 and the state dimension d = {d}, got {n_exponents!r}; "
+            "track at most d tangent vectors"
+        )
+    for name, value in (("steps", steps), ("warmup", warmup)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise EstimatorError(f"{name} must be a non-negative integer, got {value!r}")
+    if steps <= warmup:
+        raise EstimatorError(
+            f"steps ({steps}) must exceed warmup ({warmup}): nothing would be averaged; "
+            "raise steps or lower warmup"
+        )
+    if not torch.isfinite(x0).all():
+        raise EstimatorError("x0 has non-finite entries (nan or inf); start from a finite state")
+
+
+def _initial_frame(x0: Tensor, m: int, seed: int, q0: Tensor | None) -> Tensor:
+    d = x0.shape[0]
+    if q0 is None:
+        # CPU generator so the frame is the same on every device and every process
+        g = torch.Generator().manual_seed(seed)
+        q0 = torch.randn(d, m, generator=g, dtype=torch.float64)
+    elif q0.shape != (d, m):
+        raise EstimatorError(f"q0 must have shape (d, m) = ({d}, {m}), got {tuple(q0.shape)}")
+    Q, R = torch.linalg.qr(q0.detach().to(device=x0.device, dtype=torch.float64))
+    diag = torch.diagonal(R).abs()
+    if not torch.isfinite(diag).all() or diag.min() <= 1e-12 * max(1.0, float(diag.max())):
+        raise EstimatorError("q0 must have full column rank and finite entries; pass m linearly independent columns")
+    return Q.to(x0.dtype)
+
+
+def qr_positive(Z: Tensor) -> tuple[Tensor, Tensor]:
+    """Thin QR of ``Z`` (d, m) in float64 with R's diagonal made non-negative.
+
+    Returns:
+        (Q, log_diag): Q (d, m) float64 orthonormal, log_diag (m,) float64 ln R[i, i]
+        (floored at ln of the smallest float64 when R[i, i] = 0).
+    """
+    Q, R = torch.linalg.qr(Z.to(torch.float64))
+    diag = torch.diagonal(R)
+    signs = torch.where(diag < 0, -1.0, 1.0).to(diag)
+    Q = Q * signs  # flip columns so that R = diag(signs) R' has a positive diagonal
+    log_diag = torch.log(diag.abs()).clamp_min(_LOG_TINY)
+    return Q, log_diag
+
+
+def _sorted_dimension(lam: np.ndarray) -> float:
+    return sharpness_dimension(np.sort(lam)[::-1])
+
+
+def lyapunov_spectrum(
+    step: StepFn,
+    x0: Tensor,
+    n_exponents: int,
+    steps: int,
+    warmup: int | None = None,
+    *,
+    seed: int = 0,
+    q0: Tensor | None = None,
+    jvp_fn: JvpFn | None = None,
+    chunk_size: int | None = None,
+    desc: str = "Lyapunov",
+) -> LyapunovResult:
+    """Top-m Lyapunov exponents of a differentiable map along the orbit of ``x0`` (QR method).
+
+    For t = 0, …, steps − 1: Z_t = J_t(x_t) Q_{t−1}; Q_t R_t = qr(Z_t) with diag R_t > 0
+    (columns of Q flipped); x_{t+1} = step(x_t). The first ``warmup`` steps move both the
+    state and the tangent frame but are not averaged; then
+
+        Λ_i = (1 / (steps − warmup)) Σ_{t ≥ warmup} ln R_t[i, i],
+
+    accumulated in float64. The exponents are returned sorted decreasing (Benettin's
+    estimates are decreasing only asymptotically) with their Kaplan–Yorke dimension.
+
+    Args:
+        step: the map, a deterministic function of the state ``step(x) -> x'`` on a flat
+            (d,) tensor; if it has two required positional parameters it is called as
+            ``step(x, t)`` with the step index t (a time-dependent map f_t, e.g. SGD on
+            batch t). It is evaluated once per step for the orbit and again, under
+            ``vmap(jvp)``, for the tangents, so it must not draw random numbers itself.
+        x0: initial state (d,), any floating dtype and device.
+        n_exponents: m, the number of leading exponents tracked, 1 ≤ m ≤ d.
+        steps: total number of steps, warm-up included (> warmup).
+        warmup: steps discarded before averaging; ``None``: ``steps // 5``.
+        seed: seed of the random initial frame (ignored with ``q0``).
+        q0: initial tangent vectors (d, m), orthonormalised here; e.g. a previous
+            result's ``Q`` to continue a run.
+        jvp_fn: optional batched Jacobian product ``jvp_fn(x, Q, t) -> J_t(x) Q`` for a
+            (d, m) block (use it when J has structure, e.g. I − ηH by Hessian-vector
+            products). Default: ``torch.func.jvp`` of ``step`` vmapped over Q's columns.
+        chunk_size: columns per ``vmap`` call of the default ``jvp_fn`` (``None``: all).
+        desc: label of the progress bar.
+
+    Returns:
+        A :class:`LyapunovResult`.
+
+    Raises:
+        EstimatorError: x0 not a finite flat float tensor, m outside [1, d], steps ≤
+            warmup, or a rank-deficient ``q0``.
+        DivergenceError: the state or the tangent vectors became non-finite.
+    """
+    if warmup is None:
+        warmup = steps // 5 if isinstance(steps, int) else 0  # a bad ``steps`` is reported below
+    _check_inputs(x0, n_exponents, steps, warmup)
+    m, d = n_exponents, x0.shape[0]
+    f = step if takes_time(step) else (lambda x, t: step(x))
+    jvp_fn = default_jvp(f, chunk_size) if jvp_fn is None else jvp_fn
+    start = time.perf_counter()
+    x = x0.detach()
+    Q = _initial_frame(x, m, seed, q0)
+    kept = steps - warmup
+    log_stretch = np.empty((kept, m), dtype=np.float64)
+    for t in progress(range(steps), desc=desc, total=steps):
+        Z = jvp_fn(x, Q, t)
+        if Z.shape != (d, m):
+            raise EstimatorError(f"jvp_fn must return a (d, m) = ({d}, {m}) block, got {tuple(Z.shape)}")
+        if not torch.isfinite(Z).all():
+            raise DivergenceError(f"tangent vectors became non-finite at step {t}: the map diverges; use a smaller step size or fewer steps")
+        Q64, log_diag = qr_positive(Z)
+        Q = Q64.to(x.dtype)
+        if t >= warmup:
+            log_stretch[t - warmup] = log_diag.cpu().numpy()
+        with torch.no_grad():
+            x = f(x, t).detach()
+        if not torch.isfinite(x).all():
+            raise DivergenceError(
+                f"the state became non-finite at step {t + 1} of {steps}: the map diverges; "
+                "use a smaller step size (η), fewer steps, or a start closer to the attractor"
+            )
+    running = np.cumsum(log_stretch, axis=0) / np.arange(1, kept + 1)[:, None]
+    exponents_qr = running[-1].copy()
+    order = np.argsort(-exponents_qr, kind="stable")
+    exponents = exponents_qr[order]
+    j_star = critical_index(exponents)
+    result = LyapunovResult(
+        exponents=exponents,
+        exponents_qr=exponents_qr,
+        order=order,
+        dimension=sharpness_dimension(exponents),
+        j_star=j_star,
+        lower_bound=j_star == m and m < d,
+        state=x,
+        Q=Q,
+        log_stretch=log_stretch,
+        running=running,
+        d=d,
+        steps=steps,
+        warmup=warmup,
+        n_jvp=steps * m,
+        wall_time_s=time.perf_counter() - start,
+    )
+    logger.info("%s", result.summary())
+    return result
+
+
+def block_bootstrap_dimension(
+    log_stretch: np.ndarray,
+    *,
+    n_blocks: int = 10,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[tuple[float, float], np.ndarray, int]:
+    """Uncertainty of the Lyapunov dimension from the per-step log-stretches.
+
+    Successive steps are correlated, so the averaged steps are cut into ``n_blocks``
+    contiguous blocks of equal length (a trailing remainder is dropped) and the blocks
+    are resampled with replacement: each replicate's exponents are the mean of its
+    blocks' means, sorted, and its dimension is the Kaplan–Yorke dimension (= m when the
+    running sum stays ≥ 0). The interval is the central ``level`` percentile range.
+
+    Args:
+        log_stretch: (n, m) ln R_t[i, i] of the averaged steps.
+        n_blocks: number of blocks (reduced to n when n is smaller).
+        n_boot: bootstrap replicates.
+        level: coverage of the interval.
+        seed: seed of the resampling.
+
+    Returns:
+        ((low, high), stderr, n_blocks_used): the interval, the standard error of each
+        exponent (QR order) from the spread of block means, and the number of blocks.
+        With fewer than 2 blocks the interval is (nan, nan) and the errors are nan.
+    """
+    n, m = log_stretch.shape
+    b = min(n_blocks, n)
+    if b < 2:
+        return (float("nan"), float("nan")), np.full(m, np.nan), b
+    length = n // b
+    means = log_stretch[: b * length].reshape(b, length, m).mean(axis=1)  # (b, m)
+    stderr = means.std(axis=0, ddof=1) / math.sqrt(b)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, b, size=(n_boot, b))
+    reps = means[picks].mean(axis=1)  # (n_boot, m)
+    dims = np.array([_sorted_dimension(r) for r in reps])
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(dims, [tail, 100 - tail])
+    return (float(low), float(high)), stderr, b
+
+
+def __getattr__(name: str) -> Any:
+    # lazy re-export without a circular import (lyapunov_sgd imports this module)
+    if name == "lyapunov_sd":
+        from sdcompress.estimator.lyapunov_sgd import lyapunov_sd
+
+        return lyapunov_sd
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["JvpFn", "LyapunovResult", "block_bootstrap_dimension", "default_jvp", "lyapunov_spectrum", "lyapunov_sd", "qr_positive", "takes_time"]
