@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sdcompress.errors import ConfigError
 
@@ -71,9 +71,9 @@ class PlanConfig:
         fisher_batches: minibatches used for the Fisher baseline's squared gradients.
     """
 
-    target_rank: str | int = "auto"
-    prune: str | float = "off"
-    bits: str | int = "off"
+    target_rank: int | Literal["auto", "off"] = "auto"
+    prune: float | Literal["auto", "off"] = "off"
+    bits: int | Literal["auto", "off"] = "off"
     tolerance: float | None = None
     targets: list[str] | None = None
     ignore: list[str] = field(default_factory=list)
@@ -88,6 +88,9 @@ class PlanConfig:
     max_tries: int = 4
     growth: float = 1.5
     fisher_batches: int = 4
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     # -- derived views ---------------------------------------------------------------
     @property

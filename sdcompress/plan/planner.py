@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -236,6 +236,7 @@ def _sd_modules(
             plans.append(ModulePlan(**{**kw, "bits": None}, reason="not covered by the estimate: kept as is"))
             continue
         dof, al = floors[m.name], allotments[m.name]
+        share = f"SD share {dof:.1f}" if scale == 1 else f"{scale:.3g} × SD share = {dof:.1f}"
         rows, cols = importance_weights(al.row_energy, gamma), importance_weights(al.col_energy, gamma)
         bit_note = f"; {bits} bits (attractor density {al.density:.2f})" if config.bits_mode == "auto" else ""
         if config.rank_mode == "manual":
@@ -250,7 +251,7 @@ def _sd_modules(
                                     reason=f"rank {k} set by hand: {k * (o + i - k)} degrees of freedom{below}"))
         elif config.rank_mode == "auto":
             k = rank_floor(o, i, dof)
-            why = f"SD share {dof:.1f}: rank {k} keeps k(o+i−k) = {k * (o + i - k)} ≥ {dof:.1f} degrees of freedom"
+            why = f"{share}: rank {k} keeps k(o+i−k) = {k * (o + i - k)} ≥ {dof:.1f} degrees of freedom"
             if k * (o + i) >= o * i:
                 plans.append(ModulePlan(**kw, reason=f"{why}, but k(o+i) = {k * (o + i)} ≥ o·i = {o * i}: kept dense{bit_note}"))
             else:
@@ -263,7 +264,7 @@ def _sd_modules(
             else:
                 kept = min(o * i, max(1, math.ceil(dof - 1e-9)))
                 kf = kept / (o * i)
-                why = f"SD share {dof:.1f}: keeps {kept} of {o * i} weights by subspace-weighted magnitude"
+                why = f"{share}: keeps {kept} of {o * i} weights by subspace-weighted magnitude"
             if kf >= 1.0:
                 plans.append(ModulePlan(**kw, reason=f"{why}: all weights kept, dense{bit_note}"))
             else:
@@ -406,7 +407,7 @@ def make_plan(
     if not budget:
         if estimate is None:
             raise ConfigError(f"baseline {config.strategy!r} needs a budget (e.g. params_fraction) or an SD estimate to match")
-        sd_cfg = PlanConfig(**{**config.__dict__, "strategy": "sd"})
+        sd_cfg = replace(config, strategy="sd", prune="off" if config.rank_mode != "off" else config.prune)
         ref = plan_sd(estimate, modules, sd_cfg, subspace=subspace, module_sd=module_sd)
         key = "bytes_fraction" if config.strategy == "uniform-bits" or any(m.bits for m in ref.modules) else "params_fraction"
         budget = {key: max(size_fraction(ref.modules, key), 1e-6)}
