@@ -1,0 +1,171 @@
+"""Rank correlations between a complexity measure and the generalization gap.
+
+Two statistics, as in the paper (PAPER.md §4) and Jiang et al. (2020), "Fantastic
+generalization measures and where to find them":
+
+- Kendall's τ_b over all runs of a grid. For n pairs (x_i, y_i) let P be the number of
+  concordant pairs (sign(x_i − x_j)·sign(y_i − y_j) = +1), Q the number of discordant
+  ones (−1), and n_x, n_y the numbers of pairs tied in x and in y. Then
+
+      τ_b = (P − Q) / sqrt((n_0 − n_x)(n_0 − n_y)),   n_0 = n(n − 1)/2,
+
+  which is scipy.stats.kendalltau's default ("b") variant.
+- The granulated Kendall coefficient. For a hyperparameter θ_i (learning rate, batch
+  size), group the runs that agree on every *other* factor (including the seed) and
+  compute τ within each group, where only θ_i varies:
+
+      ψ_i = (1/m_i) Σ_{groups} τ(measure, gap | θ_{−i} fixed),   Ψ = mean_i ψ_i.
+
+  Groups in which τ is undefined (a constant measure or gap, or fewer than two runs)
+  are left out and counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sdcompress.errors import ConfigError
+
+
+def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Kendall's τ_b of two equally long samples (see the module docstring).
+
+    Args:
+        x: first sample.
+        y: second sample, same length.
+
+    Returns:
+        τ_b in [−1, 1], or ``nan`` when fewer than two pairs or either sample is constant.
+
+    Raises:
+        ConfigError: the samples differ in length or hold non-finite values.
+    """
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ConfigError(f"kendall_tau needs two 1-D samples of equal length, got shapes {a.shape} and {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ConfigError(f"kendall_tau got non-finite values (x={a.tolist()}, y={b.tolist()}); drop those runs first")
+    n = len(a)
+    if n < 2:
+        return float("nan")
+    iu = np.triu_indices(n, k=1)  # all pairs i < j; grids here are small (O(n²) is fine)
+    sx = np.sign(a[:, None] - a[None, :])[iu]
+    sy = np.sign(b[:, None] - b[None, :])[iu]
+    n0 = len(sx)
+    concordant_minus_discordant = float(np.sum(sx * sy))
+    nx, ny = float(np.sum(sx == 0)), float(np.sum(sy == 0))
+    denom = math.sqrt((n0 - nx) * (n0 - ny))
+    return concordant_minus_discordant / denom if denom > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class GranulatedKendall:
+    """ψ per varied hyperparameter and their mean Ψ.
+
+    Attributes:
+        psi: ψ_i for each varied factor (``nan`` when no group had a defined τ).
+        mean: Ψ, the mean of the defined ψ_i (``nan`` when none is defined).
+        n_groups: groups that entered each ψ_i.
+        n_undefined: groups left out because τ was undefined in them.
+    """
+
+    psi: dict[str, float]
+    mean: float
+    n_groups: dict[str, int] = field(default_factory=dict)
+    n_undefined: dict[str, int] = field(default_factory=dict)
+
+
+def granulated_kendall(
+    measure: Sequence[float] | np.ndarray,
+    gap: Sequence[float] | np.ndarray,
+    factors: Mapping[str, Sequence[Any]],
+    vary: Sequence[str],
+) -> GranulatedKendall:
+    """The granulated Kendall coefficient of Jiang et al. (2020) (module docstring).
+
+    Args:
+        measure: the complexity measure of each run.
+        gap: the generalization gap of each run.
+        factors: each factor's value per run (e.g. ``{"lr": [...], "batch_size": [...],
+            "seed": [...]}``); factors not in ``vary`` are always held fixed in a group.
+        vary: the factors ψ is computed over (e.g. ``("lr", "batch_size")``).
+
+    Returns:
+        A :class:`GranulatedKendall`.
+
+    Raises:
+        ConfigError: lengths disagree, or a factor in ``vary`` is not in ``factors``.
+    """
+    m = np.asarray(measure, dtype=np.float64)
+    g = np.asarray(gap, dtype=np.float64)
+    n = len(m)
+    if len(g) != n or any(len(v) != n for v in factors.values()):
+        lengths = {"measure": n, "gap": len(g), **{k: len(v) for k, v in factors.items()}}
+        raise ConfigError(f"granulated_kendall needs one value per run everywhere, got lengths {lengths}")
+    missing = [v for v in vary if v not in factors]
+    if missing or not vary:
+        raise ConfigError(f"factors to vary {list(vary)} must be non-empty and among {sorted(factors)}; missing {missing}")
+    psi: dict[str, float] = {}
+    n_groups: dict[str, int] = {}
+    n_undefined: dict[str, int] = {}
+    for axis in vary:
+        others = [k for k in factors if k != axis]
+        groups: dict[tuple, list[int]] = {}
+        for i in range(n):
+            groups.setdefault(tuple(factors[k][i] for k in others), []).append(i)
+        taus = [kendall_tau(m[idx], g[idx]) for idx in groups.values()]
+        defined = [t for t in taus if not math.isnan(t)]
+        psi[axis] = float(np.mean(defined)) if defined else float("nan")
+        n_groups[axis] = len(defined)
+        n_undefined[axis] = len(taus) - len(defined)
+    good = [v for v in psi.values() if not math.isnan(v)]
+    return GranulatedKendall(psi, float(np.mean(good)) if good else float("nan"), n_groups, n_undefined)
+
+
+def correlation_table(
+    runs: Sequence[Mapping[str, Any]],
+    measures: Sequence[str],
+    gaps: Sequence[str],
+    factors: Sequence[str],
+    vary: Sequence[str],
+) -> list[dict[str, Any]]:
+    """One row per (measure, gap): τ over all runs, ψ per varied factor, and Ψ.
+
+    Args:
+        runs: one mapping per run holding every measure, gap and factor by name.
+        measures: names of the complexity measures (columns).
+        gaps: names of the generalization gaps.
+        factors: names of all grid factors (varied ones and fixed ones such as the seed).
+        vary: the factors ψ is computed over.
+
+    Returns:
+        Rows ``{"measure", "gap", "tau", "psi_<factor>"..., "psi_mean", "n_runs"}``; runs
+        where the measure or the gap is not finite are left out of that row.
+    """
+    rows = []
+    for gap in gaps:
+        for name in measures:
+            keep = [r for r in runs if _finite(r.get(name)) and _finite(r.get(gap))]
+            x = [float(r[name]) for r in keep]
+            y = [float(r[gap]) for r in keep]
+            fac = {f: [r[f] for r in keep] for f in factors}
+            gk = granulated_kendall(x, y, fac, vary) if keep else GranulatedKendall({v: float("nan") for v in vary}, float("nan"))
+            row: dict[str, Any] = {"measure": name, "gap": gap, "tau": kendall_tau(x, y) if keep else float("nan")}
+            row.update({f"psi_{v}": gk.psi[v] for v in vary})
+            row["psi_mean"] = gk.mean
+            row["n_runs"] = len(keep)
+            rows.append(row)
+    return rows
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
