@@ -35,6 +35,12 @@ def test_json_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]  # no temporary files left behind
 
 
+def test_unknown_sd_survives_json(tmp_path):
+    plan = Plan((ModulePlan("m", 6, 5, rank=2),), "sd", sd=float("nan"), d=30)
+    back = Plan.load(plan.save(tmp_path / "plan.json"))
+    assert math.isnan(back.sd) and back.modules == plan.modules
+
+
 def test_kind_names():
     assert [m.kind for m in _plan().modules] == ["lowrank+quantized", "masked", "quantized", "dense"]
 

@@ -1,7 +1,13 @@
 """Apply a compression plan: low-rank factors, pruning masks, int8/int4 weights.
 
 ``compress_(model, plan)`` mutates the model in place and returns a
-:class:`CompressionReport`; ``save_compressed`` / ``load_compressed`` persist it.
+:class:`CompressionReport`; ``save_compressed`` / ``load_compressed`` persist it (plain
+``from_pretrained`` cannot rebuild the custom modules; see :mod:`sdcompress.compress.io`).
+
+Quantized weights are stored packed (int8, or two int4 values per byte, plus per-group
+scales) and dequantized on the fly in ``forward``: a portable fallback with no integer
+kernels, which saves memory and disk, not time. Measured round-trip SNR on Gaussian
+weights (group 64): int8 44.5 dB, int4 19.4 dB (tests/test_compress_primitives.py).
 """
 
 from sdcompress.compress.apply import apply_structure_, compress_, eligible_modules, linear_view

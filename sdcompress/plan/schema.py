@@ -289,7 +289,7 @@ class Plan:
             raise PlanError(f"plan 'strategy' must be a non-empty string such as {KNOWN_STRATEGIES}, got {self.strategy!r}")
         if self.version != PLAN_VERSION:
             raise PlanError(f"plan version {self.version!r} is not supported (this sdcompress reads version {PLAN_VERSION})")
-        if self.sd is not None and (not _is_num(self.sd) or self.sd < 0):
+        if self.sd is not None and (not _is_num(self.sd) or self.sd < 0):  # nan (unknown) passes
             raise PlanError(f"plan 'sd' must be a number ≥ 0 or null, got {self.sd!r}")
         if self.d is not None and (not _is_int(self.d) or self.d < 1):
             raise PlanError(f"plan 'd' must be a positive integer or null, got {self.d!r}")
@@ -360,10 +360,13 @@ class Plan:
         notes = data.get("notes", [])
         if not isinstance(notes, list):
             raise PlanError(f"plan 'notes' must be a list of strings, got {notes!r:.80}")
+        sd = data.get("sd")
+        if sd in ("nan", "inf"):  # how write_json_atomic stores non-finite floats
+            sd = float(sd)
         plan = cls(
             modules=tuple(ModulePlan.from_dict(m) for m in data["modules"]),
             strategy=data["strategy"],
-            sd=data.get("sd"),
+            sd=sd,
             d=data.get("d"),
             budget=data.get("budget", {}),
             notes=tuple(notes),
