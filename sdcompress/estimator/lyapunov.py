@@ -129,7 +129,15 @@ def takes_time(step: StepFn) -> bool:
 
 
 def default_jvp(step: Callable[[Tensor, int], Tensor], chunk_size: int | None = None) -> JvpFn:
-    """``(x, Q, t) ↦ J_t(x) Q`` by forward-mode AD, ``vmap`` over Q's columns in chunks."""
+    """``(x, Q, t) ↦ J_t(x) Q`` by forward-mode AD, ``vmap`` over Q's columns in chunks.
+
+    Args:
+        step: the map as ``step(x, t)``.
+        chunk_size: columns per ``vmap`` call (``None``: all m at once); bounds memory.
+
+    Returns:
+        A ``jvp_fn`` for :func:`lyapunov_spectrum`: (d,), (d, m), t → (d, m).
+    """
 
     def apply(x: Tensor, Q: Tensor, t: int) -> Tensor:
         def tangent(v: Tensor) -> Tensor:
@@ -181,6 +189,9 @@ def _initial_frame(x0: Tensor, m: int, seed: int, q0: Tensor | None) -> Tensor:
 
 def qr_positive(Z: Tensor) -> tuple[Tensor, Tensor]:
     """Thin QR of ``Z`` (d, m) in float64 with R's diagonal made non-negative.
+
+    Args:
+        Z: (d, m) block of stretched tangent vectors, any floating dtype (cast to float64).
 
     Returns:
         (Q, log_diag): Q (d, m) float64 orthonormal, log_diag (m,) float64 ln R[i, i]
