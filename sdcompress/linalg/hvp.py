@@ -1,10 +1,24 @@
 """Hessian-vector products of a minibatch loss.
 
-Default path: forward-over-reverse, ``jvp(grad(f))``, batched over vectors with
-``vmap`` in chunks. Do not replace it with ``jvp(jacrev(f))`` or ``torch.func.hessian``
-(forward-over-``jacrev``): in torch 2.13 they get second derivatives through
-``layer_norm`` wrong (10–15% in GPT-2's LayerNorm blocks). Double backward
-(``torch.autograd.grad(create_graph=True)``) is the independent path tests compare with.
+Three paths, all exact to rounding (tests compare them with a dense float64 Hessian and
+with finite differences of the gradient):
+
+- ``"vmap"``: forward-over-reverse, ``jvp(grad(f))``, batched over vectors with ``vmap``
+  in chunks. Do not replace it with ``jvp(jacrev(f))`` or ``torch.func.hessian``
+  (forward-over-``jacrev``): in torch 2.13 they get second derivatives through
+  ``layer_norm`` wrong (10–15% in GPT-2's LayerNorm blocks).
+- ``"loop"``: the same product one vector at a time.
+- ``"double-backward"``: reverse-over-reverse. The gradient graph g = ∇L_B(w) is built
+  once (``create_graph=True``) and each product is one more backward pass,
+  ``autograd.grad(g, w, v, retain_graph=True)``. :class:`HessianOperator` keeps that
+  graph for its lifetime, so a Lanczos run pays for it once.
+
+``"auto"`` (the default) picks the path measured fastest (benchmarks/estimator.py,
+results/bench/estimator.md): on CPU, double backward for single vectors and for blocks
+(torch.func's per-call overhead dominates small models, and on tiny-gpt2 a retained
+graph beats vmap); on CUDA, double backward for single vectors and vmap for blocks of
+two or more (vectorising across vectors is what GPUs reward; not measured here, as the
+benchmark machine had no GPU).
 """
 
 from __future__ import annotations
@@ -18,7 +32,17 @@ from torch.func import grad, jvp, vmap
 from sdcompress.data.core import Batch
 from sdcompress.models.functional import FunctionalLoss
 
-HvpMethod = Literal["vmap", "loop", "double-backward"]
+HvpMethod = Literal["auto", "vmap", "loop", "double-backward"]
+HVP_METHODS: tuple[str, ...] = ("auto", "vmap", "loop", "double-backward")
+
+
+def resolve_method(method: HvpMethod, n_vectors: int, device: torch.device) -> HvpMethod:
+    """The concrete path ``"auto"`` stands for (see the module docstring)."""
+    if method != "auto":
+        return method
+    if n_vectors > 1 and device.type == "cuda":
+        return "vmap"
+    return "double-backward"
 
 
 def make_hvp(loss: FunctionalLoss, batch: Batch, w: Tensor | None = None) -> Callable[[Tensor], Tensor]:
@@ -32,12 +56,29 @@ def make_hvp(loss: FunctionalLoss, batch: Batch, w: Tensor | None = None) -> Cal
     return hvp
 
 
+class GradientGraph:
+    """g = ∇L_B(w) with its autograd graph kept, for repeated reverse-over-reverse products.
+
+    Args:
+        loss: the functional loss.
+        batch: the minibatch B.
+        w: the point.
+    """
+
+    def __init__(self, loss: FunctionalLoss, batch: Batch, w: Tensor) -> None:
+        self.x = w.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (self.g,) = torch.autograd.grad(loss(self.x, batch), self.x, create_graph=True)
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """Rows of ``V`` (k, d) times H_B(w), one backward pass each (graph retained)."""
+        rows = [torch.autograd.grad(self.g, self.x, v, retain_graph=True)[0] for v in V]
+        return torch.stack(rows).detach()
+
+
 def hvp_double_backward(loss: FunctionalLoss, batch: Batch, w: Tensor, V: Tensor) -> Tensor:
-    """Rows of ``V`` (k, d) times H_B(w) by reverse-over-reverse, one vector at a time."""
-    x = w.detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(loss(x, batch), x, create_graph=True)
-    rows = [torch.autograd.grad(g, x, v, retain_graph=i + 1 < len(V))[0] for i, v in enumerate(V)]
-    return torch.stack(rows)
+    """Rows of ``V`` (k, d) times H_B(w) by reverse-over-reverse (builds the graph once per call)."""
+    return GradientGraph(loss, batch, w).matmat(V)
 
 
 def batched_hvp(
@@ -47,32 +88,34 @@ def batched_hvp(
     w: Tensor | None = None,
     *,
     chunk_size: int | None = 16,
-    method: HvpMethod = "vmap",
+    method: HvpMethod = "auto",
+    graph: GradientGraph | None = None,
 ) -> Tensor:
     """``V @ H_B(w)`` for the rows of ``V`` (H is symmetric, so each row is H v).
 
     Args:
         loss: the functional loss.
         batch: the minibatch B.
-        V: (k, d) tensor of vectors.
+        V: (k, d) tensor of vectors, or one (d,) vector.
         w: point at which the Hessian is taken (default: the model's current parameters).
         chunk_size: vectors per ``vmap`` call; bounds memory at about
             ``chunk_size`` × (activation memory of one forward-backward). ``None``: all.
-        method: ``"vmap"`` (default, fastest measured on CPU), ``"loop"`` of
-            forward-over-reverse, or ``"double-backward"``.
+        method: ``"auto"`` (default, fastest measured; see the module docstring),
+            ``"vmap"``, ``"loop"`` of forward-over-reverse, or ``"double-backward"``.
+        graph: a :class:`GradientGraph` of the same loss, batch and point to reuse
+            (double backward only).
 
     Returns:
-        (k, d) tensor.
+        (k, d) tensor (or (d,) for a single vector).
     """
     w = loss.params_vector() if w is None else w
     if V.ndim == 1:
-        return batched_hvp(loss, batch, V[None], w, chunk_size=chunk_size, method=method)[0]
+        return batched_hvp(loss, batch, V[None], w, chunk_size=chunk_size, method=method, graph=graph)[0]
+    method = resolve_method(method, len(V), w.device)
     if method == "double-backward":
-        return hvp_double_backward(loss, batch, w, V)
+        return (graph or GradientGraph(loss, batch, w)).matmat(V)
     hvp = make_hvp(loss, batch, w)
-    if method == "loop":
-        return torch.stack([hvp(v) for v in V])
     step = len(V) if chunk_size is None else max(1, chunk_size)
-    if step == 1:
+    if method == "loop" or step == 1 or len(V) == 1:  # vmap over one vector only adds overhead
         return torch.stack([hvp(v) for v in V])
     return torch.cat([vmap(hvp)(V[i : i + step]) for i in range(0, len(V), step)])

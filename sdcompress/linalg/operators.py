@@ -17,7 +17,7 @@ from torch import Tensor
 from sdcompress.data.core import Batch
 from sdcompress.errors import ConfigError
 from sdcompress.linalg.distributed import all_reduce_sum, is_distributed, shard_batch
-from sdcompress.linalg.hvp import HvpMethod, batched_hvp
+from sdcompress.linalg.hvp import GradientGraph, HvpMethod, batched_hvp, resolve_method
 from sdcompress.models.functional import FunctionalLoss
 
 
@@ -73,12 +73,17 @@ class HessianOperator(SymmetricOperator):
     :mod:`sdcompress.linalg.distributed`); every process must call ``matmat`` with the
     same vectors.
 
+    With the double-backward path the gradient graph of (this process's shard of) B is
+    built on the first product and kept until the operator is dropped, so repeated
+    products (Lanczos, power iteration) cost one backward pass each.
+
     Args:
         loss: functional loss over a parameter subset (its d is the operator's d).
         batch: the minibatch B (fixed for the operator's lifetime).
         w: the point (default: the model's current parameters).
         chunk_size: vectors per vmap call.
-        method: Hessian-vector product path (see :func:`batched_hvp`).
+        method: Hessian-vector product path (see :func:`batched_hvp`; ``"auto"``
+            picks the fastest measured).
     """
 
     def __init__(
@@ -88,20 +93,28 @@ class HessianOperator(SymmetricOperator):
         w: Tensor | None = None,
         *,
         chunk_size: int | None = 16,
-        method: HvpMethod = "vmap",
+        method: HvpMethod = "auto",
     ) -> None:
         super().__init__()
         self.loss, self.batch = loss, batch
         self.w = loss.params_vector() if w is None else w
         self.d, self.dtype, self.device = loss.d, self.w.dtype, self.w.device
         self.chunk_size, self.method = chunk_size, method
+        self._graph: GradientGraph | None = None
+
+    def _hvp(self, batch: Batch, V: Tensor) -> Tensor:
+        method = resolve_method(self.method, len(V), self.device)
+        if method == "double-backward":
+            if self._graph is None:
+                self._graph = GradientGraph(self.loss, batch, self.w)
+            return self._graph.matmat(V)
+        return batched_hvp(self.loss, batch, V, self.w, chunk_size=self.chunk_size, method=method)
 
     def _matmat(self, V: Tensor) -> Tensor:
         if not is_distributed():
-            return batched_hvp(self.loss, self.batch, V, self.w, chunk_size=self.chunk_size, method=self.method)
+            return self._hvp(self.batch, V)
         shard, weight = shard_batch(self.batch)
-        out = batched_hvp(self.loss, shard, V, self.w, chunk_size=self.chunk_size, method=self.method)
-        return all_reduce_sum(out * weight)
+        return all_reduce_sum(self._hvp(shard, V) * weight)
 
 
 class StepJacobian(SymmetricOperator):
