@@ -367,4 +367,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["JvpFn", "LyapunovResult", "block_bootstrap_dimension", "default_jvp", "lyapunov_spectrum", "lyapunov_sd", "qr_positive", "takes_time"]
+__all__ = ["JvpFn", "LyapunovResult", "block_bootstrap_dimension", "default_jvp", "lyapunov_spectrum", "qr_positive", "takes_time"]
