@@ -1,0 +1,205 @@
+"""Experiment 3: grokking on (a + b) mod 97 and what SD does during the transition.
+
+The ``modular-mlp`` (one-hot a and b, one hidden layer) on a 40/60 train/test split of
+all 97² pairs, trained with constant-η SGD (ReLU, plain SGD + weight decay; and GELU
+with heavy-ball momentum + weight decay, PAPER.md §4 setting 3). At log-spaced
+checkpoints: train/test accuracy and loss, SD (density estimator: d is too large for
+dense Hessians), the Hessian trace and the top eigenvalue of the training-loss Hessian.
+For momentum the step Jacobian is the plain-SGD proxy (1 − η·wd) I − η H, as in the paper.
+
+The transition is read off the curves: it starts when the model has memorised the
+training set (train accuracy ≥ ``memorised_acc``) and ends when it generalises (test
+accuracy ≥ ``generalised_acc``). "Does SD drop?" compares SD/d at those two checkpoints;
+Kendall τ over checkpoints says how each measure tracks the gap.
+
+Run: ``python -m sdcompress.experiments.grokking [--config recipes/experiments/grokking.yaml] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from sdcompress.data import load_data
+from sdcompress.experiments.common import (
+    SGDSettings,
+    eval_batches,
+    experiment_parser,
+    fit_sgd,
+    gaps,
+    load_config,
+    resolve_output_dir,
+    setup_cli,
+    write_outputs,
+)
+from sdcompress.experiments.measures import MeasureSettings, full_batch_curvature, sd_measures
+from sdcompress.experiments.stats import kendall_tau
+from sdcompress.models import load_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GrokVariant:
+    """One training recipe of the modular MLP.
+
+    Attributes:
+        name: label.
+        activation: ``relu`` or ``gelu``.
+        hidden: hidden width.
+        lr, momentum, weight_decay, batch_size: the optimiser (torch.optim.SGD semantics).
+        steps: SGD steps.
+        seed: init and ω.
+    """
+
+    name: str = "relu-sgd-wd"
+    activation: Literal["relu", "gelu"] = "relu"
+    hidden: int = 128
+    lr: float = 2.0
+    momentum: float = 0.0
+    weight_decay: float = 2e-4
+    batch_size: int = 256
+    steps: int = 40_000
+    seed: int = 0
+
+
+@dataclass
+class GrokConfig:
+    """The grokking experiment.
+
+    Attributes:
+        output_dir: where results go.
+        p: modulus; train_fraction: share of pairs trained on; data_seed: the split.
+        variants: training recipes.
+        n_checkpoints: measurement points (log-spaced from ``first_checkpoint`` to the
+            last step, plus step 0).
+        measures: SD estimator settings (``methods[0]`` is the SD reported).
+        memorised_acc, generalised_acc: thresholds that delimit the transition.
+    """
+
+    output_dir: str = "results/grokking"
+    p: int = 97
+    train_fraction: float = 0.4
+    data_seed: int = 0
+    variants: list[GrokVariant] = field(default_factory=lambda: [GrokVariant()])
+    n_checkpoints: int = 60
+    first_checkpoint: int = 50
+    measures: MeasureSettings = field(default_factory=lambda: MeasureSettings(methods=["kde"], n_batches=8, dense_max_params=0))
+    memorised_acc: float = 0.99
+    generalised_acc: float = 0.9
+
+    def quick(self) -> "GrokConfig":
+        """p = 11, a few steps and checkpoints, tiny estimators."""
+        return replace(
+            self, p=11, n_checkpoints=3, first_checkpoint=2,
+            variants=[replace(v, hidden=8, steps=6, batch_size=16) for v in self.variants],
+            measures=replace(self.measures, n_batches=2, estimator={**self.measures.estimator, "slq_runs": 2, "slq_steps": 6}),
+        )
+
+
+def checkpoint_steps(total: int, n: int, first: int) -> list[int]:
+    """Step 0 plus ``n − 1`` distinct steps log-spaced in [first, total] (total included)."""
+    if n <= 1 or total <= 0:
+        return [0]
+    first = max(1, min(first, total))
+    pts = np.unique(np.round(np.geomspace(first, total, n - 1)).astype(int))
+    return [0] + [int(x) for x in pts]
+
+
+def transition(rows: list[dict[str, Any]], memorised: float, generalised: float) -> dict[str, Any]:
+    """Where memorisation and generalisation happen and what SD/d, trace and sharpness do.
+
+    Returns:
+        ``memorised_step``/``generalised_step`` (first checkpoints past each threshold,
+        ``None`` if never), the measures at both, their relative change, and whether SD
+        dropped (SD/d lower at generalisation than at memorisation).
+    """
+    mem = next((r for r in rows if r["train_acc"] >= memorised), None)
+    gen = next((r for r in rows if mem is not None and r["step"] >= mem["step"] and r["test_acc"] >= generalised), None)
+    out: dict[str, Any] = {"memorised_step": mem["step"] if mem else None, "generalised_step": gen["step"] if gen else None}
+    if mem and gen:
+        for key in ("sd_over_d", "hess_trace", "hess_top"):
+            a, b = mem.get(key, math.nan), gen.get(key, math.nan)
+            out[f"{key}_at_memorised"], out[f"{key}_at_generalised"] = a, b
+            out[f"{key}_relative_change"] = (b - a) / abs(a) if a else math.nan
+        out["sd_dropped"] = bool(out["sd_over_d_at_generalised"] < out["sd_over_d_at_memorised"])
+        window = [r for r in rows if mem["step"] <= r["step"] <= gen["step"]]
+        out["sd_over_d_min_in_transition"] = min(r["sd_over_d"] for r in window)
+        out["n_checkpoints_in_transition"] = len(window)
+    return out
+
+
+def run_variant(cfg: GrokConfig, v: GrokVariant, bundle) -> dict[str, Any]:
+    """Train one variant, measuring at every checkpoint."""
+    loaded = load_model("modular-mlp", seed=v.seed, p=cfg.p, hidden=v.hidden, activation=v.activation)
+    model = loaded.model
+    rows: list[dict[str, Any]] = []
+    steps = checkpoint_steps(v.steps, cfg.n_checkpoints, cfg.first_checkpoint)
+    method = cfg.measures.methods[0]
+
+    def hook(step: int, m: torch.nn.Module) -> None:
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"step": step, **gaps(m, bundle)}
+        batches = eval_batches(bundle.train, v.batch_size, cfg.measures.n_batches, v.seed + step)
+        row.update(sd_measures(m, batches, lr=v.lr, weight_decay=v.weight_decay, s=cfg.measures)[0])
+        row["sd_over_d"] = row[f"sd_over_d_{method}"]
+        row.update(full_batch_curvature(m, bundle, cfg.measures, seed=v.seed))
+        row["measure_time_s"] = time.perf_counter() - t0
+        rows.append(row)
+        logger.info("%s step %d: train %.3f test %.3f SD/d %.4f trace %.3g top %.3g", v.name, step,
+                    row["train_acc"], row["test_acc"], row["sd_over_d"], row["hess_trace"], row["hess_top"])
+
+    settings = SGDSettings(lr=v.lr, batch_size=v.batch_size, weight_decay=v.weight_decay, momentum=v.momentum, seed=v.seed, max_steps=v.steps)
+    fit = fit_sgd(model, bundle.train, settings, hook=hook, hook_steps=steps)
+    trans = transition(rows, cfg.memorised_acc, cfg.generalised_acc)
+    taus = {}
+    for key in ("sd_over_d", "hess_trace", "hess_top"):
+        for gap in ("acc_gap", "loss_gap"):
+            vals = [(r[key], r[gap]) for r in rows if math.isfinite(r.get(key, math.nan))]
+            taus[f"{key}~{gap}"] = kendall_tau([a for a, _ in vals], [b for _, b in vals]) if len(vals) > 1 else math.nan
+    return {"variant": asdict(v), "rows": rows, "transition": trans, "kendall_over_checkpoints": taus,
+            "train_time_s": fit.wall_time_s, "d": rows[0].get("d") if rows else None}
+
+
+def run(cfg: GrokConfig, out_dir: Path) -> dict[str, Any]:
+    """All variants; writes ``grokking_<name>.json/.csv/.png`` and ``grokking.json``."""
+    from sdcompress.experiments import plots
+
+    start = time.perf_counter()
+    bundle = load_data("modular", p=cfg.p, train_fraction=cfg.train_fraction, seed=cfg.data_seed)
+    results = []
+    for v in cfg.variants:
+        res = run_variant(cfg, v, bundle)
+        results.append(res)
+        write_outputs(out_dir, f"grokking_{v.name}", res, res["rows"])
+        plots.grokking_figure(res["rows"], out_dir / f"grokking_{v.name}.png",
+                              f"{v.name}: (a+b) mod {cfg.p}, hidden {v.hidden}, η={v.lr:g}, wd={v.weight_decay:g}, momentum={v.momentum:g}")
+    summary = {r["variant"]["name"]: {"transition": r["transition"], "kendall_over_checkpoints": r["kendall_over_checkpoints"],
+                                      "d": r["d"], "train_time_s": r["train_time_s"]} for r in results}
+    payload = {"config": asdict(cfg), "summary": summary, "wall_time_s": time.perf_counter() - start}
+    write_outputs(out_dir, "grokking", payload)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry."""
+    args = experiment_parser("grokking", __doc__.splitlines()[0]).parse_args(argv)
+    setup_cli(args)
+    cfg = load_config(GrokConfig, args.config or None, args.overrides)
+    if args.quick:
+        cfg = cfg.quick()
+    out = resolve_output_dir(args, cfg.output_dir, "grokking")
+    payload = run(cfg, out)
+    logger.info("wrote %s in %.0f s", out, payload["wall_time_s"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
