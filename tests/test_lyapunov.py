@@ -275,6 +275,23 @@ def test_lyapunov_sd_quadratic_model_matches_closed_form(wd: float) -> None:
     assert est.extras["module_energy"] == {"(root)": pytest.approx(1.0)}
 
 
+def test_lyapunov_sd_counts_neutral_exponents_and_bootstrap() -> None:
+    # two zero-curvature directions: their exponent is ln(1 − η·wd) exactly
+    a = torch.tensor([7.0, 6.0, 0.0, 0.0, -1.2, 0.6, 1.4, 1.8], dtype=F64)
+    wd = 0.05
+    model = _Quadratic(_orthogonal(8, seed=6), a, c=0.0)
+    data = ArrayDataset({"inputs": torch.zeros(16, 8, dtype=F64), "targets": torch.zeros(16, dtype=torch.long)}, "classification")
+    floss = FunctionalLoss(model, loss_fn=lambda out, _targets: out)
+    cfg = _cfg(5, 120, 90, n_bootstrap=50, confidence=0.9)
+    est = lyapunov_sd(floss, BatchStream(data, 4, seed=0), lr=_LR, weight_decay=wd, config=cfg)
+    closed = np.sort(np.log(np.abs(1 - _LR * wd - _LR * a.numpy())))[::-1][:5]
+    np.testing.assert_allclose(est.exponents, closed, rtol=0, atol=1e-8)
+    assert est.n_neutral == 2 and est.exponents[3] == pytest.approx(math.log(1 - _LR * wd), abs=1e-8)
+    # a constant Jacobian: every block gives the same exponents, the interval is a point
+    assert est.sd_interval == pytest.approx((est.sd, est.sd), abs=1e-6)
+    assert "90% over 10 blocks of 3 steps" in est.uncertainty and est.settings["bootstrap_replicates"] == 50
+
+
 def _check_estimate(est: SDEstimate, floss: FunctionalLoss, m: int, steps: int) -> None:
     assert est.subspace is not None and est.subspace.shape == (floss.d, m)
     assert _orthonormality_error(est.subspace) < 1e-5

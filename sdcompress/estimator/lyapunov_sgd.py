@@ -55,9 +55,11 @@ _DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "chunk_size": 16,
     "neutral_tol": 1e-6,
+    "n_bootstrap": 200,
+    "confidence": 0.95,
+    "hvp_method": None,  # None: HessianOperator's default path
 }
 _N_BLOCKS = 10
-_N_BOOT = 1000
 
 
 class _BatchSource:
@@ -161,8 +163,8 @@ def lyapunov_sd(
     ``lyapunov_warmup`` steps are discarded. See :func:`lyapunov_spectrum`.
 
     Uncertainty: block bootstrap of the per-step log-stretches ln R_t[i, i] over the
-    averaged steps (10 contiguous blocks, 1000 replicates, 95% percentile interval of
-    the dimension); ``extras["exponent_stderr"]`` is the standard error of each exponent
+    averaged steps (10 contiguous blocks, ``n_bootstrap`` replicates, ``confidence``
+    percentile interval of the dimension); ``extras["exponent_stderr"]`` is the standard error of each exponent
     from the spread of the block means. It measures the sampling noise along this one
     trajectory, not the bias of a finite run.
 
@@ -174,7 +176,10 @@ def lyapunov_sd(
         config: an ``EstimateConfig`` (or ``None``); reads ``lyapunov_exponents`` (16),
             ``lyapunov_steps`` (100, warm-up included), ``lyapunov_warmup`` (20), ``seed``
             (0, the initial frame and the bootstrap), ``chunk_size`` (16, vectors per
-            vmap call) and ``neutral_tol`` (1e-6).
+            vmap call), ``hvp_method`` (the operator's default), ``n_bootstrap`` (200),
+            ``confidence`` (0.95) and ``neutral_tol`` (1e-6: an exponent is counted in
+            ``n_neutral`` when |Λ − ln|1 − η·wd|| ≤ neutral_tol, the exponent of a
+            zero-curvature direction).
 
     Returns:
         An :class:`SDEstimate` with ``method="lyapunov"``: ``exponents`` (m, sorted
@@ -203,32 +208,40 @@ def lyapunov_sd(
     seed = _setting(config, "seed")
     chunk_size = _setting(config, "chunk_size")
     neutral_tol = _setting(config, "neutral_tol")
+    n_boot, confidence = _setting(config, "n_bootstrap"), _setting(config, "confidence")
+    hvp_kw = {} if _setting(config, "hvp_method") is None else {"method": _setting(config, "hvp_method")}
     start = time.perf_counter()
     w0 = floss.params_vector()  # a detached clone: the model's parameters are never touched
     source = _BatchSource(batches, steps if isinstance(steps, int) else 0, w0.device)
-    hessians: list[StepJacobian] = []
+    n_hvp = [0]  # a count, not the operators: each holds a copy of w (d floats)
 
     def sgd_step(w: Tensor, t: int) -> Tensor:
         g = sharded_grad(floss, source(t), w)
         return w - lr * (g + weight_decay * w)
 
     def step_jacobian(w: Tensor, Q: Tensor, t: int) -> Tensor:
-        J = StepJacobian(HessianOperator(floss, source(t), w, chunk_size=chunk_size), lr, weight_decay)
-        hessians.append(J)
-        return J.matmat(Q.T.contiguous()).T  # operators act on rows: (m, d) -> (m, d)
+        J = StepJacobian(HessianOperator(floss, source(t), w, chunk_size=chunk_size, **hvp_kw), lr, weight_decay)
+        out = J.matmat(Q.T.contiguous()).T  # operators act on rows: (m, d) -> (m, d)
+        n_hvp[0] += J.n_hvp
+        return out
 
     res = lyapunov_spectrum(
         sgd_step, w0, m, steps, warmup, seed=seed, jvp_fn=step_jacobian, desc="Lyapunov (SGD)"
     )
-    (low, high), stderr, n_blocks = block_bootstrap_dimension(res.log_stretch, n_blocks=_N_BLOCKS, n_boot=_N_BOOT, seed=seed)
+    (low, high), stderr, n_blocks = block_bootstrap_dimension(
+        res.log_stretch, n_blocks=_N_BLOCKS, n_boot=n_boot, level=confidence, seed=seed
+    )
     order = res.order
     subspace = res.Q[:, torch.as_tensor(order, device=res.Q.device)]
     energy = subspace_energy(subspace, floss.layout)
     kept = res.steps - res.warmup
+    shrink = abs(1 - lr * weight_decay)  # a zero-curvature direction's stretch per step
+    neutral = math.log(shrink) if shrink > 0 else -math.inf
     block_len = kept // n_blocks if n_blocks else 0
     interval = None if math.isnan(low) else (low, high)
     uncertainty = (
-        f"block bootstrap 95% over {n_blocks} blocks of {block_len} steps ({kept} averaged steps, {_N_BOOT} replicates)"
+        f"block bootstrap {100 * confidence:g}% over {n_blocks} blocks of {block_len} steps "
+        f"({kept} averaged steps, {n_boot} replicates)"
         if interval is not None
         else f"none: {kept} averaged step(s) are too few for a block bootstrap"
     )
@@ -247,7 +260,9 @@ def lyapunov_sd(
         "seed": seed,
         "chunk_size": chunk_size,
         "bootstrap_blocks": n_blocks,
-        "bootstrap_replicates": _N_BOOT,
+        "bootstrap_replicates": n_boot,
+        "confidence": confidence,
+        "hvp_method": hvp_kw.get("method", "default"),
         "batches": source.description,
     }
     est = SDEstimate(
@@ -256,14 +271,14 @@ def lyapunov_sd(
         j_star=int(res.j_star),
         exponents=res.exponents,
         d=floss.d,
-        n_hvp=sum(J.n_hvp for J in hessians),
+        n_hvp=n_hvp[0],
         wall_time_s=time.perf_counter() - start,
         lr=float(lr),
         weight_decay=float(weight_decay),
         sd_interval=interval,
         uncertainty=uncertainty,
         lower_bound=bool(res.lower_bound),
-        n_neutral=int(np.sum(np.abs(res.exponents) < neutral_tol)),
+        n_neutral=int(np.sum(np.abs(res.exponents - neutral) <= neutral_tol)),
         neutral_tol=float(neutral_tol),
         settings=settings,
         extras=extras,
