@@ -19,7 +19,9 @@ current weights w_t and step size η_t):
 
 - ``sharpness``: λ_max(H_{B_1}(w_t)), the largest *algebraic* Hessian eigenvalue of the
   first tracking batch's loss (Lanczos, ``sharpness_steps`` steps), against the edge of
-  stability threshold ``sharpness_threshold`` = 2/η_t; ``at_eos`` = λ_max ≥ 2/η_t;
+  stability threshold ``sharpness_threshold`` = 2/η_t; ``at_eos`` = λ_max + wd ≥ 2/η_t
+  (the step Jacobian (1 − η·wd) I − η H has an eigenvalue ≤ −1: linearly unstable, as in
+  :mod:`sdcompress.train`);
 - ``sd``: the Sharpness Dimension of the SGD map J = (1 − η·wd) I − η H over the
   tracking batches, by a cheap estimator (SD-PS from a few stochastic Lanczos runs by
   default; pass ``estimate`` for anything else), with ``sd_over_d``, ``d``,
@@ -204,7 +206,7 @@ class SDTracker:
             record: dict[str, Any] = {
                 "sharpness": sharp,
                 "sharpness_threshold": 2.0 / eta,
-                "at_eos": bool(sharp >= 2.0 / eta),
+                "at_eos": bool(sharp + self.weight_decay >= 2.0 / eta),
                 "lr": float(eta),
                 "weight_decay": float(self.weight_decay),
             }

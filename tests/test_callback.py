@@ -71,7 +71,7 @@ def test_tracker_matches_dense_reference_at_the_asked_steps(tmp_path: Path) -> N
     sharp, sd = _dense_reference(model, batches)
     for rec in tracker.history:
         assert rec["sharpness"] == pytest.approx(sharp, rel=1e-8)
-        assert rec["sharpness_threshold"] == pytest.approx(2 / LR) and rec["at_eos"] == (sharp >= 2 / LR)
+        assert rec["sharpness_threshold"] == pytest.approx(2 / LR) and rec["at_eos"] == (sharp + WD >= 2 / LR)
         assert rec["sd"] == pytest.approx(sd, rel=1e-8) and rec["d"] == d and rec["sd_method"] == "exact"
         assert rec["n_hvp"] > 0
     on_disk = json.loads((tmp_path / "sd.json").read_text())["records"]

@@ -239,3 +239,12 @@ def test_yaml_1_2_scalars_and_quoting_round_trip(tree: Path) -> None:
     import yaml
 
     assert from_dict(Run, yaml.safe_load(dump_recipe(tricky))) == tricky  # plain PyYAML reads it the same
+
+
+def test_extra_presets_layer_over_the_file_below_overrides(tree: Path) -> None:
+    _write(tree / "configs/quick.yaml", "seed: 11\nplan: {bits: 4, mode: exact}\n")
+    path = _write(tree / "recipes/g.yaml", "preset: small\nseed: 1\nplan: {bits: 8}\n")
+    cfg = load_recipe(path, ["plan.mode=fast"], presets=["quick"], cls=Run)
+    assert (cfg.seed, cfg.plan.bits, cfg.plan.mode, cfg.lr) == (11, 4, "fast", 1e-3)
+    with pytest.raises(ConfigError, match="preset 'nope' not found"):
+        load_recipe(path, presets=["nope"], cls=Run)

@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one field after presets and the file, read by the field's type; repeatable "
         "(e.g. --set train.steps=50 --set plan.target_rank=auto --set model.options.n_layer=1)",
     )
+    parser.add_argument(
+        "--preset", dest="presets", action="append", default=[], metavar="NAME",
+        help="extra preset from configs/NAME.yaml layered over the recipe, below --set; repeatable "
+        "(e.g. --preset smoke for a quick check)",
+    )
     parser.add_argument("--output-dir", metavar="DIR", help="where the run folder goes (same as --set output.dir=DIR)")
     parser.add_argument(
         "--overwrite", action="store_true",
@@ -71,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = overrides_of(args)
     if args.check:
-        config = load_recipe(args.recipe, overrides)
+        config = load_recipe(args.recipe, overrides, presets=args.presets)
         sys.stdout.write(dump_recipe(config, header=f"resolved from {args.recipe}"))
         return 0
-    result = run_recipe(args.recipe, overrides)
+    result = run_recipe(args.recipe, overrides, presets=args.presets)
     return int(getattr(result, "exit_code", 0) or 0)

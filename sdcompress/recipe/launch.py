@@ -70,7 +70,7 @@ def launch_context(config: Any) -> Iterator[tuple[Any, bool]]:
             dist.destroy_process_group()
 
 
-def run_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Any:
+def run_recipe(path: str | Path, overrides: Sequence[str] = (), *, presets: Sequence[str] = ()) -> Any:
     """Load a recipe and run it with :func:`sdcompress.pipeline.run_pipeline`.
 
     Single process, or data parallel when launched by ``torchrun`` / ``accelerate launch``
@@ -80,6 +80,7 @@ def run_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Any:
     Args:
         path: the recipe file.
         overrides: ``section.key=value`` strings.
+        presets: extra presets layered over the file (below ``overrides``).
 
     Returns:
         What ``run_pipeline`` returns.
@@ -90,7 +91,7 @@ def run_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Any:
     """
     from sdcompress.pipeline import run_pipeline
 
-    config = load_recipe(path, overrides)
+    config = load_recipe(path, overrides, presets=presets)
     with launch_context(config) as (run_config, is_main):
         result = run_pipeline(run_config)
         if is_main and getattr(getattr(run_config, "output", None), "dir", None) is not None:

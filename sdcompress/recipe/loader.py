@@ -129,12 +129,18 @@ def _run_config_class() -> type:
     return RunConfig
 
 
-def resolve_recipe(path: str | Path, overrides: Sequence[str] = (), *, cls: type | None = None) -> dict[str, Any]:
-    """The recipe at ``path`` as one plain mapping: presets, then the file, then overrides.
+def resolve_recipe(
+    path: str | Path, overrides: Sequence[str] = (), *, presets: Sequence[str] = (), cls: type | None = None
+) -> dict[str, Any]:
+    """The recipe at ``path`` as one plain mapping.
+
+    Layers, later winning: the file's own presets, the file, the extra ``presets``
+    (``--preset``, e.g. ``smoke`` for a quick check), the ``overrides`` (``--set``).
 
     Args:
         path: the YAML recipe.
-        overrides: ``section.key=value`` strings (``--set``).
+        overrides: ``section.key=value`` strings.
+        presets: extra preset names (or paths) layered over the file.
         cls: the root dataclass (default: :class:`sdcompress.pipeline.RunConfig`).
 
     Raises:
@@ -143,18 +149,23 @@ def resolve_recipe(path: str | Path, overrides: Sequence[str] = (), *, cls: type
     cls = cls or _run_config_class()
     path = Path(path)
     data = _expand(read_yaml(path), cls, path, "", (path.resolve(),))
+    for name in presets:
+        data = _merge(data, _expand({"preset": name}, cls, path, "", (path.resolve(),)))
     for text in overrides:
         keys, value = parse_override(text, cls)
         set_path(data, keys, value)
     return data
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, cls: type[T] | None = None) -> T:
+def load_recipe(
+    path: str | Path, overrides: Sequence[str] = (), *, presets: Sequence[str] = (), cls: type[T] | None = None
+) -> T:
     """Load a YAML recipe into a RunConfig (or ``cls``), strictly.
 
     Args:
         path: the recipe file.
-        overrides: ``section.key=value`` strings applied after presets and the file.
+        overrides: ``section.key=value`` strings applied last.
+        presets: extra preset names layered over the file, below ``overrides``.
         cls: the root dataclass (default: :class:`sdcompress.pipeline.RunConfig`).
 
     Returns:
@@ -166,8 +177,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, cls: type[T]
             or an override of an unknown field.
     """
     cls = cls or _run_config_class()
-    data = resolve_recipe(path, overrides, cls=cls)
-    label = f"{path} (with presets and --set)" if overrides else str(path)
+    data = resolve_recipe(path, overrides, presets=presets, cls=cls)
+    label = f"{path} (with presets and --set)" if overrides or presets else str(path)
     return from_dict(cls, data, source=label)
 
 
