@@ -111,7 +111,7 @@ def test_subspace_energy_moves_the_floor_and_weights():
 def test_sd_close_to_d_says_so_plainly():
     plan = make_plan(estimate(0.98 * D), MODULES, PlanConfig())
     text = " ".join(plan.notes)
-    assert "SD ≈ d" in text and "little compression" in text and "weight decay" in text
+    assert "SD ≈ d" in text and "little compression" in text and "without weight decay" in text
     assert all(m.rank is None for m in plan.modules)
     assert "every module stays dense" in text
     assert plan.params_after() == plan.params_before()

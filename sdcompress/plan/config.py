@@ -69,6 +69,8 @@ class PlanConfig:
         growth: factor by which each closed-loop try raises ``sd_scale`` (or the kept
             size of a hand-set plan).
         fisher_batches: minibatches used for the Fisher baseline's squared gradients.
+        clip_rank: a hand-set rank larger than a module's full rank keeps that module
+            dense instead of being refused (the closed loop sets it as ranks grow).
     """
 
     target_rank: int | Literal["auto", "off"] = "auto"
@@ -88,6 +90,7 @@ class PlanConfig:
     max_tries: int = 4
     growth: float = 1.5
     fisher_batches: int = 4
+    clip_rank: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,6 +108,31 @@ class PlanConfig:
     @property
     def bits_mode(self) -> str:
         return self.bits if isinstance(self.bits, str) else "manual"
+
+    def escalated(self, attempt: int) -> "PlanConfig":
+        """The config of closed-loop try ``attempt`` (0 = as given): each try keeps more.
+
+        Auto settings and budgets scale by ``growth ** attempt`` (``sd_scale``, budget
+        fractions, capped at 1); a hand-set rank and kept fraction grow by the same factor
+        (a rank beyond a module's full rank keeps it dense, fraction capped at 1); hand-set
+        4 bits become 8 on the next try, then float.
+        """
+        if attempt <= 0:
+            return self
+        g = self.growth**attempt
+        from dataclasses import replace
+
+        kw: dict[str, Any] = {"sd_scale": self.sd_scale * g}
+        if self.budget:
+            kw["budget"] = {k: min(1.0, v * g) for k, v in self.budget.items()}
+        if self.rank_mode == "manual":
+            kw["target_rank"] = math.ceil(int(self.target_rank) * g)
+            kw["clip_rank"] = True
+        if self.prune_mode == "manual":
+            kw["prune"] = min(1.0, float(self.prune) * g)
+        if self.bits_mode == "manual":
+            kw["bits"] = (4, 8, "off", "off")[min(attempt + (self.bits == 8), 3)] if self.bits in (4, 8) else self.bits
+        return replace(self, **kw)
 
     def validate(self) -> "PlanConfig":
         """Check every setting; returns ``self`` so calls chain.

@@ -241,6 +241,9 @@ def _sd_modules(
         bit_note = f"; {bits} bits (attractor density {al.density:.2f})" if config.bits_mode == "auto" else ""
         if config.rank_mode == "manual":
             k = int(config.target_rank)
+            if k >= min(o, i) and config.clip_rank:
+                plans.append(ModulePlan(**kw, reason=f"rank {k} ≥ full rank {min(o, i)}: kept dense{bit_note}"))
+                continue
             if k > min(o, i):
                 raise PlanError(
                     f"target rank {k} is larger than module {m.name!r}'s {o}×{i} weight allows (at most {min(o, i)}); "
@@ -283,12 +286,18 @@ def _notes(estimate: SDEstimate, modules: Sequence[ModuleInfo], allotments: Mapp
         "(rank k: k(out+in−k); mask: kept weights)."
     ]
     if ratio >= config.near_full:
-        notes.append(
-            f"SD ≈ d (SD/d = {ratio:.3f} ≥ {config.near_full:g}): the attractor spans almost every direction, so the SD floor "
-            "permits little compression. This is what plain SGD without weight decay gives (PAPER.md §7); train with weight "
-            "decay (the built-in EoS training uses it by default), or compress below the floor knowing that SD then gives no "
-            "support for keeping generalization (the evaluation still measures it)."
-        )
+        head = (f"SD ≈ d (SD/d = {ratio:.3f} ≥ {config.near_full:g}): the attractor spans almost every direction, so the SD "
+                "floor permits little compression.")
+        if estimate.weight_decay > 0:
+            why = (f" This is with weight decay wd = {estimate.weight_decay:g} in the step map, so the neutral bulk should "
+                   "contract; a short EoS run, a small η·wd, or a coarse estimate (few SLQ runs) can leave SD this high. "
+                   "Train longer or with more weight decay, or compress below the floor knowing that SD then gives no "
+                   "support for keeping generalization (the evaluation still measures it).")
+        else:
+            why = (" This is what plain SGD without weight decay gives (PAPER.md §7): every zero-curvature direction is "
+                   "neutral. Train with weight decay (the built-in EoS training uses it by default), or compress below the "
+                   "floor knowing that SD then gives no support for keeping generalization (the evaluation still measures it).")
+        notes.append(head + why)
     if estimate.lower_bound:
         notes.append(f"SD is a lower bound (the {estimate.method} estimate's running sum stayed ≥ 0 over the tracked exponents): "
                      "the true floor may be higher.")

@@ -126,24 +126,30 @@ def plot_exponents(estimate: Mapping[str, Any], after: Mapping[str, Any] | None 
     return fig
 
 
-def plot_training(log: Mapping[str, Sequence[float]], lr: float) -> Figure | None:
-    """Top sharpness against 2/η and the loss over training, from a log with ``step``,
-    ``loss`` and ``sharpness`` lists (``None`` when the log has no sharpness)."""
-    steps, sharp = log.get("sharpness_step") or log.get("step"), log.get("sharpness")
-    if not steps or not sharp:
+def plot_training(log: Mapping[str, Any]) -> Figure | None:
+    """Top minibatch sharpness against 2/η (and 2/η − wd) and the losses over training, from a
+    ``train_log.json`` (``TrainResult.to_dict``: records with ``step``, ``sharpness``,
+    ``train_loss``, ``test_loss``, ``two_over_lr``). ``None`` when there is no record."""
+    records = [r for r in log.get("log", []) if r.get("sharpness") is not None]
+    if not records:
         return None
-    fig = Figure(figsize=(7, 3.2))
+    steps = [r["step"] for r in records]
+    fig = Figure(figsize=(8, 3.2))
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(steps[: len(sharp)], sharp, ".-", label="λ_max(H)")
-    ax1.axhline(2 / lr, color="k", ls="--", label="2/η")
+    ax1.plot(steps, [r["sharpness"] for r in records], ".-", label="λ_max(H_B)")
+    ax1.plot(steps, [r["two_over_lr"] for r in records], "k--", label="2/η")
+    if records[0].get("stability_threshold") is not None:
+        ax1.plot(steps, [r["stability_threshold"] for r in records], "k:", lw=0.8, label="2/η − wd")
     ax1.set_xlabel("step")
     ax1.set_title("sharpness vs 2/η")
     ax1.legend(fontsize=7)
-    if log.get("loss"):
-        ax2.plot(log.get("step", range(len(log["loss"])))[: len(log["loss"])], log["loss"], lw=0.8)
-        ax2.set_yscale("log")
-        ax2.set_xlabel("step")
-        ax2.set_title("train loss")
+    for key in ("train_loss", "test_loss"):
+        vals = [r.get(key) for r in records]
+        if any(v is not None for v in vals):
+            ax2.plot(steps, [np.nan if v is None else v for v in vals], lw=1, label=key.replace("_", " "))
+    ax2.set_xlabel("step")
+    ax2.set_title("loss")
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

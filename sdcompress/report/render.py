@@ -27,7 +27,8 @@ FILES = {
     "config.json": "the resolved run configuration",
     "plan.json": "the compression plan (written before anything changed)",
     "estimates.json": "SD estimate of the trained model (exponents, settings, cost)",
-    "lyapunov.json": "Lyapunov estimate (exponents, module energy); subspace in lyapunov_subspace.safetensors",
+    "lyapunov/": "Lyapunov estimate (exponents, module energy) and its subspace (lyapunov_subspace.safetensors)",
+    "train_log.json": "the training log: losses and sharpness vs 2/η over steps, EoS verdict",
     "evaluation_before.json": "test/train loss, gap of the trained model",
     "evaluation_after.json": "the same after compression, with SD re-measured",
     "compression.json": "per-module reconstruction errors and sizes",
@@ -126,9 +127,8 @@ def render_plots(report: RunReport, folder: Path) -> dict[str, str]:
         save_figure_atomic(plot_exponents(est, after), folder / PLOTS["exponents"])
         written["exponents"] = PLOTS["exponents"]
     log = _read(folder, "train_log.json")
-    lr = report.estimate.get("lr")
-    if log and lr:
-        fig = plot_training(log, float(lr))
+    if log:
+        fig = plot_training(log)
         if fig is not None:
             save_figure_atomic(fig, folder / PLOTS["training"])
             written["training"] = PLOTS["training"]

@@ -93,7 +93,7 @@ class RunReport:
     d_before: int | None
     d_after: int | None
     test_loss_before: float
-    test_loss_after: float
+    test_loss_after: float | None
     params_before: int
     params_after: int
     bytes_before: int

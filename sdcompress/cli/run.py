@@ -1,0 +1,152 @@
+"""``sdcompress MODEL [options]``: the main job (train at EoS → estimate → plan → compress →
+evaluate → report), with a summary table at the end.
+
+Every option maps onto a field of :class:`sdcompress.pipeline.RunConfig`; options left
+out keep the config's defaults (a recipe run with ``sdcompress recipe`` sets them all).
+The run folder defaults to ``runs/<model>-<YYYYmmdd-HHMMSS>``; rerunning with the same
+``--output-dir`` and options resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def rank_arg(text: str) -> int | str:
+    """``auto``, ``off`` or a positive integer."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'off' or a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a rank must be ≥ 1, got {value}")
+    return value
+
+
+def prune_arg(text: str) -> float | str:
+    """``auto``, ``off`` or a kept fraction in (0, 1]."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'off' or the fraction of weights kept, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"the kept fraction must be in (0, 1], got {value}")
+    return value
+
+
+def bits_arg(text: str) -> int | str:
+    """``auto``, ``off``, 8 or 4."""
+    if text in ("auto", "off"):
+        return text
+    if text in ("8", "4"):
+        return int(text)
+    raise argparse.ArgumentTypeError(f"bits {text!r} is not supported; use 8, 4, auto or off")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the main job."""
+    from sdcompress.models import BUILTIN_MODELS
+    from sdcompress.plan import STRATEGIES
+
+    parser.add_argument("model", metavar="MODEL",
+                        help=f"built-in ({', '.join(BUILTIN_MODELS)}), a save_pretrained folder, or a hub name such as gpt2")
+    g = parser.add_argument_group("compression")
+    g.add_argument("--target-rank", type=rank_arg, default="auto",
+                   help="SVD rank per module: 'auto' (smallest rank with k(out+in−k) ≥ the module's share of SD), 'off', or N")
+    g.add_argument("--prune", type=prune_arg, default="off",
+                   help="pruning: 'auto' (keep the module's share of SD), 'off', or the fraction kept (needs --target-rank off)")
+    g.add_argument("--bits", type=bits_arg, default="off",
+                   help="weight-only quantization: 'auto' (4 bits where the attractor is thinnest), 'off', 8 or 4")
+    g.add_argument("--tolerance", type=float, default=None,
+                   help="closed loop: raise ranks/kept weights/bits until the test loss is within T nats of the original")
+    g.add_argument("--budget", type=float, default=None, metavar="FRACTION",
+                   help="size budget: fraction of the target weights' parameters kept (the SD floor still wins)")
+    g.add_argument("--strategy", choices=STRATEGIES, default="sd", help="the SD-guided planner or a baseline")
+    g.add_argument("--targets", nargs="+", default=None, metavar="PATTERN",
+                   help="modules to compress (names or 're:regex'); default: layers inside the blocks, not embeddings/head")
+    g.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN", help="modules to leave alone")
+    d = parser.add_argument_group("data and training")
+    d.add_argument("--dataset", default=None, help="dataset (built-in, local file, or hub name); default: the model's own")
+    d.add_argument("--lr", type=float, default=None, metavar="ETA", help="constant SGD step size η (default: the training config's)")
+    d.add_argument("--weight-decay", type=float, default=None, help="weight decay of the SGD map (default: the training config's)")
+    d.add_argument("--steps", type=int, default=None, help="training steps (EoS training of built-ins / SGD phase of others)")
+    d.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the data config's)")
+    e = parser.add_argument_group("estimate and evaluation")
+    e.add_argument("--method", default=None, choices=["exact", "slq", "kde", "ps", "lyapunov"],
+                   help="SD estimator (default: the estimate config's)")
+    e.add_argument("--eval-tolerance", type=float, default=None,
+                   help="verdict tolerance in nats when --tolerance is not given (default: the evaluate config's)")
+    o = parser.add_argument_group("run")
+    o.add_argument("--output-dir", default=None, metavar="OUT", help="run folder (default: runs/<model>-<timestamp>)")
+    o.add_argument("--dry-run", action="store_true", help="stop after writing plan.json")
+    o.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    o.add_argument("--seed", type=int, default=None, help="seed of every stage (init, batches ω, probes); default: each config's")
+    o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`RunConfig` these options describe."""
+    from sdcompress.config import ModelConfig
+    from sdcompress.evaluate import EvalConfig
+    from sdcompress.pipeline import OutputConfig, RunConfig
+    from sdcompress.plan import PlanConfig
+
+    from sdcompress.train import default_data_config, default_train_config
+
+    # built-ins start from their documented EoS settings; others from the generic defaults
+    data = default_data_config(args.model)
+    if args.dataset is not None:
+        data.name = args.dataset
+    cfg = RunConfig(model=ModelConfig(name=args.model), data=data, train=default_train_config(args.model))
+    if args.batch_size is not None:
+        cfg.data.batch_size = args.batch_size
+    for attr, value in (("lr", args.lr), ("weight_decay", args.weight_decay), ("steps", args.steps)):
+        if value is not None:
+            setattr(cfg.train, attr, value)
+    if args.method is not None:
+        cfg.estimate.method = args.method
+    cfg.plan = PlanConfig(
+        target_rank=args.target_rank, prune=args.prune, bits=args.bits, tolerance=args.tolerance,
+        targets=args.targets, ignore=list(args.ignore), strategy=args.strategy,
+        budget={} if args.budget is None else {"params_fraction": args.budget},
+    )
+    if args.eval_tolerance is not None:
+        cfg.evaluate = EvalConfig(tolerance=args.eval_tolerance)
+    cfg.output = OutputConfig(dir=args.output_dir, overwrite=args.overwrite)
+    cfg.seed, cfg.device, cfg.dry_run = args.seed, args.device, args.dry_run
+    return cfg
+
+
+def print_summary(report: Any, folder: str) -> None:
+    """The end-of-run table (stdout)."""
+    print()
+    print(report.table())
+    print(f"\nrun folder: {folder}  (report.md, report.json, plan.json, model/)")
+    print(f"load the compressed model with: sdcompress.load_model({str(folder) + '/model'!r})")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config, run the pipeline, print the summary."""
+    from sdcompress.pipeline import run_pipeline
+
+    cfg = config_from_args(args)
+    report = run_pipeline(cfg)
+    folder = report.config.get("output", {}).get("dir", "")
+    if args.dry_run:
+        if not args.quiet:
+            print(f"dry run: plan written to {folder}/plan.json; predicted parameters {report.params_before:,} → "
+                  f"{report.params_after:,}, bytes {report.bytes_before:,} → {report.bytes_after:,}")
+            for note in report.plan.get("notes", []):
+                print(f"  note: {note}")
+        return 0
+    if not args.quiet:
+        print_summary(report, folder)
+    return 0

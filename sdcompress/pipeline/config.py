@@ -1,0 +1,97 @@
+"""``RunConfig``: the main job's settings, one section per stage (recipes are YAML views of it)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sdcompress.config import DataConfig, ModelConfig
+from sdcompress.errors import ConfigError
+from sdcompress.estimator import EstimateConfig
+from sdcompress.evaluate import EvalConfig
+from sdcompress.models import DEFAULT_DATASET
+from sdcompress.plan import PlanConfig
+from sdcompress.train import TrainConfig
+
+
+@dataclass
+class OutputConfig:
+    """Where the run goes.
+
+    Attributes:
+        dir: run folder; ``None``: ``runs/<model>-<YYYYmmdd-HHMMSS>`` in the working directory.
+        overwrite: replace a folder that holds a finished run (only the run's own files
+            are removed).
+    """
+
+    dir: str | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Everything the main job needs; recipes are YAML views of it.
+
+    Attributes:
+        model, data, train, estimate, plan, evaluate, output: the sections.
+        seed: when set, every section's seed (model init, minibatch stream ω, training,
+            estimator probes, planning batches) is set to it; ``None`` keeps each section's own.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        dry_run: stop after writing plan.json (nothing is compressed).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    seed: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dry_run: bool = False
+
+    def resolved(self) -> "RunConfig":
+        """A copy with the seed spread, the dataset and output folder filled in."""
+        cfg = copy.deepcopy(self)
+        if cfg.seed is not None:
+            for section in (cfg.model, cfg.data, cfg.train, cfg.estimate, cfg.plan):
+                if hasattr(section, "seed"):
+                    section.seed = cfg.seed
+        if cfg.data.name is None:
+            cfg.data.name = DEFAULT_DATASET.get(cfg.model.name)
+            if cfg.data.name is None:
+                raise ConfigError(f"model {cfg.model.name!r} has no default dataset; pass --dataset (e.g. a text file or a hub name)")
+        if cfg.output.dir is None:
+            stem = Path(cfg.model.name).name or "model"
+            cfg.output.dir = str(Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        cfg.plan.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        from sdcompress.recipe import to_dict
+
+        return to_dict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU.
+
+    Raises:
+        ConfigError: ``cuda`` asked for on a machine without it.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return torch.device(device)
+
+
+__all__ = ["OutputConfig", "RunConfig", "resolve_device"]

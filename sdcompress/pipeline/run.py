@@ -1,0 +1,162 @@
+"""The main job: data → model → EoS training → estimate → plan → compress → evaluate → report.
+
+``run_pipeline(RunConfig(...))`` runs every stage and writes each artifact into the run
+folder as soon as it exists, atomically (temporary name, then rename):
+
+    config.json            resolved config (compared on resume)
+    trained/, train_log.json  the model the plan is made from; its training log (EoS verdict)
+    estimates.json         SD estimate (lyapunov/: the Lyapunov estimate and its subspace)
+    evaluation_before.json losses and gap of the trained model
+    plan.json              the plan, written before anything is changed (dry_run stops here)
+    tries/NN/              closed-loop attempts (plan, compression, evaluation of each)
+    model/, compression.json  the compressed model (save_compressed) and its report
+    evaluation_after.json  losses, gap and SD re-measured with the same ω and η
+    report.json, report.md, *.png   the run report (report.json marks a finished run)
+
+Resume: rerunning with the same folder and the same resolved config loads every
+finished artifact instead of recomputing it, so the numbers are the same as an
+uninterrupted run. A folder holding report.json is refused unless ``overwrite``; an
+unfinished folder whose config.json differs is refused too (it names the fields).
+
+Built-in models (``tiny-gpt2``, ``mlp``, ``modular-mlp``) are trained to the edge of
+stability by :func:`sdcompress.train.cache.pretrained_builtin` (cached between runs);
+other models get a short constant-η SGD phase from their checkpoint (``train.steps``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sdcompress.data import BatchStream
+from sdcompress.estimator.result import SDEstimate
+from sdcompress.evaluate import EvalReport, verdict
+from sdcompress.io import write_json_atomic
+from sdcompress.models import LoadedModel
+from sdcompress.pipeline.config import RunConfig, resolve_device
+from sdcompress.pipeline.folder import CONFIG_FILE, clear_run, prepare_folder
+from sdcompress.pipeline.stages import (
+    finish_training,
+    load_trained,
+    stage_compress_final,
+    stage_estimate,
+    stage_tries,
+    train_summary,
+)
+from sdcompress.plan import Plan
+from sdcompress.report import RunReport, environment, render_run
+
+logger = logging.getLogger(__name__)
+
+
+def run_pipeline(config: RunConfig) -> RunReport:
+    """Run the main job (module docstring) and return its report.
+
+    With ``dry_run`` the plan is written and the returned report holds the plan's
+    predicted sizes (``test_loss_after`` and ``sd_after`` are ``None``); report.json is
+    not written, so a later run without ``dry_run`` resumes from the plan.
+
+    Raises:
+        ConfigError: invalid settings.
+        OutputExistsError: see :func:`prepare_folder`.
+        ModelError, DataError, OfflineError: the model or data cannot be loaded.
+        DivergenceError: training diverged.
+    """
+    cfg = config.resolved()
+    device = resolve_device(cfg.device)
+    tolerance = cfg.plan.tolerance if cfg.plan.tolerance is not None else cfg.evaluate.tolerance
+    folder = Path(cfg.output.dir)
+    cfg_dict = cfg.to_dict()
+    resuming = prepare_folder(folder, cfg_dict, cfg.output.overwrite)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    # what can fail on bad input (model, data, EoS training of a built-in) runs before the folder is touched
+    trained = load_trained(cfg, folder if resuming else None, device)
+    if cfg.output.overwrite and folder.exists():
+        clear_run(folder)
+    fresh = not (folder / CONFIG_FILE).exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / CONFIG_FILE, cfg_dict)
+    logger.info("run folder: %s%s", folder, " (resuming)" if resuming else "")
+    try:
+        trained = finish_training(cfg, trained, folder)
+    except BaseException:
+        if fresh:  # a new run that failed in its first stage leaves nothing behind
+            clear_run(folder)
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    loaded, data = trained.loaded, trained.data
+    timings["train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stream = BatchStream(data.train, cfg.data.batch_size, seed=cfg.data.seed, replacement=cfg.data.replacement)
+    est, lyap, before = stage_estimate(cfg, folder, loaded, data, stream)
+    timings["estimate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    result = stage_tries(cfg, folder, loaded, data, est, lyap, before, tolerance)
+    timings["plan+compress"] = time.perf_counter() - t
+    if cfg.dry_run:
+        return _dry_report(cfg, loaded, est, before, result.plan, tolerance, train_summary(trained.log, trained.phase))
+
+    t = time.perf_counter()
+    compression, after = stage_compress_final(cfg, folder, loaded, data, stream, est, result)
+    timings["final"] = time.perf_counter() - t
+    v = verdict(before.test_loss, after.test_loss, tolerance, gap_before=before.gap, gap_after=after.gap,
+                sd_before=est.sd, sd_after=after.sd, d_before=est.d, d_after=after.d)
+    report = RunReport(
+        model=cfg.model.name, dataset=str(cfg.data.name),
+        sd_before=float(est.sd), sd_after=after.sd, d_before=int(est.d), d_after=after.d,
+        test_loss_before=before.test_loss, test_loss_after=after.test_loss,
+        params_before=compression["params_before"], params_after=compression["params_after"],
+        bytes_before=compression["bytes_before"], bytes_after=compression["bytes_after"],
+        verdict=v.to_dict(), plan=_plan_summary(result.plan), compression=compression,
+        evaluation_before={**before.to_dict(), "estimate": None}, evaluation_after={**after.to_dict(), "estimate": None},
+        estimate=_estimate_summary(est, lyap), training=train_summary(trained.log, trained.phase), tries=result.tries,
+        config=cfg_dict,
+        environment=environment(str(device)), wall_time_s=timings,
+    )
+    report.save(folder)
+    render_run(folder)
+    logger.info("%s", v.message)
+    return report
+
+
+def _plan_summary(plan: Plan) -> dict[str, Any]:
+    d = plan.to_dict()
+    for m in d["modules"]:  # weights live in plan.json; the report keeps the choices
+        m.pop("row_weights", None)
+        m.pop("col_weights", None)
+    return d
+
+
+def _estimate_summary(est: SDEstimate, lyap: SDEstimate | None) -> dict[str, Any]:
+    d = {k: v for k, v in est.to_dict().items() if k not in ("exponents", "weights", "extras")}
+    if lyap is not None:
+        d["lyapunov"] = {"m": len(lyap.exponents), "sd": lyap.sd, "lower_bound": lyap.lower_bound,
+                         "top": float(lyap.exponents[0]) if len(lyap.exponents) else None, "n_hvp": lyap.n_hvp,
+                         "module_energy": lyap.extras.get("module_energy")}
+    return d
+
+
+def _dry_report(cfg: RunConfig, loaded: LoadedModel, est: SDEstimate, before: EvalReport, plan: Plan,
+                tolerance: float, training: dict[str, Any]) -> RunReport:
+    from sdcompress.compress import count_storage
+
+    params, n_bytes = count_storage(loaded.model)
+    return RunReport(
+        model=cfg.model.name, dataset=str(cfg.data.name), sd_before=float(est.sd), sd_after=None, d_before=int(est.d),
+        d_after=None, test_loss_before=before.test_loss, test_loss_after=None,  # type: ignore[arg-type]
+        params_before=params, params_after=params - plan.params_before() + plan.params_after(),
+        bytes_before=n_bytes, bytes_after=n_bytes - plan.bytes_before() + plan.bytes_after(),
+        verdict={"preserved": None, "tolerance": tolerance, "message": "dry run: plan.json written, nothing compressed "
+                 "(sizes after are the plan's predictions)"},
+        plan=_plan_summary(plan), evaluation_before=before.to_dict(), estimate=_estimate_summary(est, None),
+        training=training, config=cfg.to_dict(),
+    )
+
+
+__all__ = ["run_pipeline"]
