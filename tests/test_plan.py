@@ -174,8 +174,8 @@ def test_budget_below_floor_is_refused_plainly_unless_allowed():
 
 def test_bad_inputs_one_clear_message():
     est = estimate(1000.0)
-    with pytest.raises(PlanError, match=r"target rank 50 .*24×72.*at most 24"):
-        make_plan(est, MODULES, PlanConfig(target_rank=50))
+    with pytest.raises(PlanError, match=r"target rank 50 is larger than the 24×72 weight of module .blk.0.attn. allows \(at most 24\)"):
+        make_plan(est, MODULES, PlanConfig(target_rank=50))  # noqa
     with pytest.raises(ConfigError, match="bits 3 is not supported"):
         PlanConfig(bits=3).validate()
     for bad in (0, -0.1):

@@ -90,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
     o.add_argument("--seed", type=int, default=None, help="seed of every stage (init, batches ω, probes); default: each config's")
     o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
+    o.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="set any RunConfig field, type-checked (e.g. estimate.slq_runs=8, train.steps=200); repeatable")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -122,6 +124,17 @@ def config_from_args(args: argparse.Namespace) -> Any:
         cfg.evaluate = EvalConfig(tolerance=args.eval_tolerance)
     cfg.output = OutputConfig(dir=args.output_dir, overwrite=args.overwrite)
     cfg.seed, cfg.device, cfg.dry_run = args.seed, args.device, args.dry_run
+    if args.overrides:
+        from sdcompress.recipe import from_dict, parse_override, to_dict
+
+        data = to_dict(cfg)
+        for text in args.overrides:
+            keys, value = parse_override(text, RunConfig)
+            node = data
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+        cfg = from_dict(RunConfig, data, source="--set")  # every section re-validated
     return cfg
 
 

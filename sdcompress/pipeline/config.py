@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -74,9 +75,20 @@ class RunConfig:
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        from sdcompress.recipe import to_dict
+        """Plain JSON/YAML types, section by section (the form config.json holds)."""
+        return _plain(self)
 
-        return to_dict(self)
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def resolve_device(device: str) -> torch.device:

@@ -22,7 +22,8 @@ ARTIFACTS = (CONFIG_FILE, TRAINED_DIR, TRAIN_LOG_FILE, SGD_PHASE_DIR, ESTIMATES_
              MODEL_DIR, TRIES_DIR, REPORT_FILE, "report.md", "modules.png", "loss.png", "exponents.png",
              "training.png", "resolved_recipe.yaml")
 #: config fields that may differ between a run and its resumption
-_RESUME_FREE = (("output", "overwrite"), ("dry_run",))
+#: (the folder itself is the run's identity, so its recorded path may differ after a move)
+_RESUME_FREE = (("output", "overwrite"), ("output", "dir"), ("dry_run",))
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:

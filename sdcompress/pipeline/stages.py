@@ -184,6 +184,29 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
 # ------------------------------------------------------------------------------ tries
 
 
+def check_targets(cfg: RunConfig, loaded: LoadedModel) -> None:
+    """Refuse, before anything is written, target patterns that match nothing and a
+    hand-set rank larger than a target matrix.
+
+    Raises:
+        ModelError: a pattern matches no Linear/Conv1D module (real names listed).
+        PlanError: ``target_rank`` exceeds a module's full rank.
+    """
+    from sdcompress.errors import PlanError
+
+    modules = describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore)
+    if cfg.plan.rank_mode == "manual" and not cfg.plan.clip_rank and cfg.plan.strategy == "sd":
+        k = int(cfg.plan.target_rank)
+        too_small = [m for m in modules if k > min(m.out_features, m.in_features)]
+        if too_small:
+            m = too_small[0]
+            raise PlanError(
+                f"target rank {k} is larger than the {m.out_features}×{m.in_features} weight of module {m.name!r} allows "
+                f"(at most {min(m.out_features, m.in_features)}); use --target-rank ≤ {min(m.out_features, m.in_features)}, "
+                "--target-rank auto, or leave that module out with --ignore"
+            )
+
+
 @dataclass
 class TriesResult:
     """The chosen plan and what each try gave.
@@ -306,5 +329,5 @@ def stage_compress_final(cfg: RunConfig, folder: Path, loaded: LoadedModel, data
     return creport_dict, ev
 
 
-__all__ = ["Trained", "TriesResult", "compress_copy", "finish_training", "load_trained", "needs_subspace",
+__all__ = ["Trained", "TriesResult", "check_targets", "compress_copy", "finish_training", "load_trained", "needs_subspace",
            "stage_compress_final", "stage_estimate", "stage_tries", "train_summary"]

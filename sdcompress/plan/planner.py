@@ -246,7 +246,7 @@ def _sd_modules(
                 continue
             if k > min(o, i):
                 raise PlanError(
-                    f"target rank {k} is larger than module {m.name!r}'s {o}×{i} weight allows (at most {min(o, i)}); "
+                    f"target rank {k} is larger than the {o}×{i} weight of module {m.name!r} allows (at most {min(o, i)}); "
                     f"use --target-rank ≤ {min(o, i)}, --target-rank auto, or leave that module out with ignore"
                 )
             below = "" if k * (o + i - k) >= dof else f" (below its SD floor of {dof:.0f})"
