@@ -136,3 +136,75 @@ def test_dry_run_then_closed_loop(finished, tmp_path):
     assert final.test_loss_after == pytest.approx(tries[-1]["test_loss"])
     for i in range(1, len(tries) + 1):
         assert (run / "tries" / f"{i:02d}" / "plan.json").exists()
+
+
+# ---------------------------------------------------------------------------- CLI
+
+SMALL_SETS = [
+    "model.options.n_embd=8", "model.options.n_layer=1", "model.options.n_head=2", "data.batch_size=8",
+    "data.block_size=16", "train.steps=12", "train.log_every=6", "train.sharpness_steps=3", "train.eval_batches=1",
+    "train.checkpoint_every=1000", "estimate.slq_runs=3", "estimate.lanczos_steps=8", "estimate.n_quantiles=200",
+    "estimate.n_bootstrap=10", "estimate.lyapunov_exponents=3", "estimate.lyapunov_steps=4", "estimate.lyapunov_warmup=1",
+    "evaluate.max_test_examples=48", "evaluate.max_train_examples=48", "evaluate.batch_size=24",
+]
+
+
+def cli(*argv):
+    from sdcompress.cli.main import main
+
+    return main([*argv])
+
+
+def test_cli_main_job_end_to_end(tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    args = ["tiny-gpt2", "--target-rank", "auto", "--budget", "0.5", "--set", "plan.below_floor=true", "--output-dir", str(out)]
+    for s in SMALL_SETS:
+        args += ["--set", s]
+    assert cli(*args) == 0
+    printed = capsys.readouterr().out
+    assert "before" in printed and "test loss" in printed and "generalization" in printed and str(out) in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["estimate"]["slq_runs"] == 3 and report["config"]["train"]["lr"] == 0.3  # tiny-gpt2's EoS default
+    # the same command again: refused with one line, exit 2
+    assert cli(*args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a finished run; pass --overwrite" in err[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tiny-gpt2", "--tolerance", "0"], "tolerance must be a positive number"),
+    (["tiny-gpt2", "--set", "plan.target_rnak=3"], "target_rnak"),
+    (["tiny-gpt2", "--targets", "nothing.here"], "matches no Linear/Conv1D module"),  # refused before any training
+])
+def test_cli_bad_input_one_line(tmp_path, capsys, argv, message):
+    assert cli(*argv, "--output-dir", str(tmp_path / "x")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sdcompress")]
+    assert len(err) == 1 and err[0].startswith("sdcompress: error: ") and message in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_bits_choice_is_checked(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli("tiny-gpt2", "--bits", "3")
+    assert exc.value.code == 2 and "bits '3' is not supported" in capsys.readouterr().err
+
+
+def test_cli_report_plan_evaluate_on_a_finished_run(finished, tmp_path, capsys):
+    out, report = finished
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    (copy / "report.md").unlink()
+    (copy / "loss.png").unlink()
+    assert cli("report", str(copy)) == 0
+    assert (copy / "report.md").exists() and (copy / "loss.png").exists()
+    assert "test loss" in capsys.readouterr().out
+    plan_path = tmp_path / "p.json"
+    assert cli("plan", str(copy), "--output", str(plan_path), "--target-rank", "2") == 0
+    assert {m.rank for m in Plan.load(plan_path).modules} == {2}
+    assert cli("plan", str(copy), "--output", str(plan_path)) == 2  # exists, no --overwrite
+    assert "already exists" in capsys.readouterr().err
+    capsys.readouterr()
+    assert cli("evaluate", str(copy / "model"), "--no-sd", "--block-size", "16", "--max-test-examples", "48") == 0
+    assert f"test loss {report.test_loss_after:.4f}" in capsys.readouterr().out
+    assert cli("report", str(tmp_path)) == 2
+    assert "holds no report.json" in capsys.readouterr().err

@@ -39,7 +39,6 @@ from sdcompress.pipeline.config import RunConfig, resolve_device
 from sdcompress.pipeline.folder import CONFIG_FILE, clear_run, prepare_folder
 from sdcompress.pipeline.stages import (
     finish_training,
-    check_targets,
     load_trained,
     stage_compress_final,
     stage_estimate,
@@ -74,8 +73,7 @@ def run_pipeline(config: RunConfig) -> RunReport:
     timings: dict[str, float] = {}
     t = time.perf_counter()
     # what can fail on bad input (model, data, EoS training of a built-in) runs before the folder is touched
-    trained = load_trained(cfg, folder if resuming else None, device)
-    check_targets(cfg, trained.loaded)
+    trained = load_trained(cfg, folder if resuming else None, device)  # checks targets first
     if cfg.output.overwrite and folder.exists():
         clear_run(folder)
     fresh = not (folder / CONFIG_FILE).exists()
