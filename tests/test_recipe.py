@@ -248,3 +248,24 @@ def test_extra_presets_layer_over_the_file_below_overrides(tree: Path) -> None:
     assert (cfg.seed, cfg.plan.bits, cfg.plan.mode, cfg.lr) == (11, 4, "fast", 1e-3)
     with pytest.raises(ConfigError, match="preset 'nope' not found"):
         load_recipe(path, presets=["nope"], cls=Run)
+
+
+@dataclass
+class Checked:
+    lr: float = 0.1
+
+    def validate(self) -> "Checked":
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        return self
+
+
+@dataclass
+class WithChecked:
+    train: Checked = field(default_factory=Checked)
+
+
+def test_validate_methods_run_at_load_time(tree: Path) -> None:
+    path = _write(tree / "recipes/v.yaml", "train: {lr: -0.5}\n")
+    with pytest.raises(ConfigError, match=r"v\.yaml: train: lr must be > 0, got -0\.5"):
+        load_recipe(path, cls=WithChecked)

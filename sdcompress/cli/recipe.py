@@ -79,5 +79,21 @@ def run(args: argparse.Namespace) -> int:
         config = load_recipe(args.recipe, overrides, presets=args.presets)
         sys.stdout.write(dump_recipe(config, header=f"resolved from {args.recipe}"))
         return 0
-    result = run_recipe(args.recipe, overrides, presets=args.presets)
-    return int(getattr(result, "exit_code", 0) or 0)
+    report = run_recipe(args.recipe, overrides, presets=args.presets)
+    if args.quiet or not _is_main_process():
+        return 0
+    from sdcompress.cli.run import print_summary
+
+    folder = report.config.get("output", {}).get("dir", "")
+    if report.test_loss_after is None:  # dry_run: the plan only
+        print(f"dry run: plan written to {folder}/plan.json; predicted parameters {report.params_before:,} → "
+              f"{report.params_after:,}, bytes {report.bytes_before:,} → {report.bytes_after:,}")
+    else:
+        print_summary(report, folder)
+    return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") in ("", "0")

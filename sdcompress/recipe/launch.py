@@ -20,13 +20,14 @@ def launch_context(config: Any) -> Iterator[tuple[Any, bool]]:
     """Set up data parallelism when launched by ``torchrun`` / ``accelerate launch``.
 
     With ``WORLD_SIZE`` > 1 in the environment an ``accelerate.Accelerator`` is created
-    (``cpu=True`` when CUDA is absent or the recipe says ``device: cpu``; gloo on CPU,
-    NCCL on GPUs), which initialises ``torch.distributed``; from then on every
-    Hessian-vector product and gradient of the estimator is sharded over the processes
-    and all-reduced (:mod:`sdcompress.linalg.distributed`). The device becomes the
-    accelerator's (``cuda:LOCAL_RANK``) unless the recipe names one. Only the main
-    process writes into ``output.dir``: the others write into a temporary folder that
-    is deleted afterwards, and log only warnings.
+    (``cpu=True`` when CUDA is absent or the recipe says ``device: cpu``: gloo; otherwise
+    NCCL with ``cuda:LOCAL_RANK`` made the current device, which is where ``device:
+    auto``/``cuda`` then put each process's tensors). That initialises
+    ``torch.distributed``, and from then on every Hessian-vector product and gradient of
+    the estimator is sharded over the processes and all-reduced
+    (:mod:`sdcompress.linalg.distributed`). Only the main process writes into
+    ``output.dir``: the others write into a temporary folder that is deleted afterwards,
+    and log only warnings.
 
     Yields:
         (the config to run, whether this is the main process).
@@ -35,17 +36,15 @@ def launch_context(config: Any) -> Iterator[tuple[Any, bool]]:
     if size <= 1:
         yield config, True
         return
+    import shutil
     import tempfile
 
     import torch
     import torch.distributed as dist
     from accelerate import Accelerator
 
-    device = getattr(config, "device", None)
     owns_group = not dist.is_initialized()
-    accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
-    if device in (None, "auto"):
-        config = dataclasses.replace(config, device=str(accelerator.device)) if hasattr(config, "device") else config
+    accelerator = Accelerator(cpu=getattr(config, "device", None) == "cpu" or not torch.cuda.is_available())
     lib_logger = logging.getLogger("sdcompress")
     old_level = lib_logger.level
     scratch = None
@@ -54,19 +53,19 @@ def launch_context(config: Any) -> Iterator[tuple[Any, bool]]:
         output = getattr(config, "output", None)
         if output is not None and hasattr(output, "dir"):
             scratch = tempfile.mkdtemp(prefix=f"sdcompress-rank{accelerator.process_index}-")
-            out_dir = Path(scratch) / "run"
-            config = dataclasses.replace(config, output=dataclasses.replace(output, dir=type(output.dir)(out_dir)))
-    log.info("data parallel over %d processes (%s, device %s)", size, dist.get_backend(), accelerator.device)
+            config = dataclasses.replace(config, output=dataclasses.replace(output, dir=str(Path(scratch) / "run"), overwrite=True))
+    log.info("data parallel over %d processes (%s backend, device %s)", size, dist.get_backend(), accelerator.device)
+    ok = False
     try:
         yield config, accelerator.is_main_process
+        ok = True
     finally:
         lib_logger.setLevel(old_level)
         if scratch is not None:
-            import shutil
-
             shutil.rmtree(scratch, ignore_errors=True)
         if owns_group and dist.is_initialized():
-            dist.barrier()
+            if ok:  # after a failure the other processes may never get here: no barrier then
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -74,8 +73,10 @@ def run_recipe(path: str | Path, overrides: Sequence[str] = (), *, presets: Sequ
     """Load a recipe and run it with :func:`sdcompress.pipeline.run_pipeline`.
 
     Single process, or data parallel when launched by ``torchrun`` / ``accelerate launch``
-    (see :func:`launch_context`). The resolved recipe is written to
-    ``OUTPUT_DIR/resolved_recipe.yaml`` by the main process.
+    (see :func:`launch_context`). The main process writes the resolved recipe (every
+    field spelled out, presets and overrides applied) to
+    ``OUTPUT_DIR/resolved_recipe.yaml`` once the pipeline has started the run folder,
+    also when the run stops early, so an interrupted run can be resumed from it.
 
     Args:
         path: the recipe file.
@@ -83,7 +84,7 @@ def run_recipe(path: str | Path, overrides: Sequence[str] = (), *, presets: Sequ
         presets: extra presets layered over the file (below ``overrides``).
 
     Returns:
-        What ``run_pipeline`` returns.
+        What ``run_pipeline`` returns (a ``RunReport``).
 
     Raises:
         ConfigError: a bad recipe or override (see :func:`load_recipe`); and whatever the
@@ -92,8 +93,14 @@ def run_recipe(path: str | Path, overrides: Sequence[str] = (), *, presets: Sequ
     from sdcompress.pipeline import run_pipeline
 
     config = load_recipe(path, overrides, presets=presets)
+    if hasattr(config, "resolved"):
+        config = config.resolved()  # fills in the run folder's name, so it is known here
     with launch_context(config) as (run_config, is_main):
-        result = run_pipeline(run_config)
-        if is_main and getattr(getattr(run_config, "output", None), "dir", None) is not None:
-            save_resolved_recipe(run_config, run_config.output.dir, source=str(path))
-    return result
+        folder = getattr(getattr(config, "output", None), "dir", None)
+        try:
+            return run_pipeline(run_config)
+        finally:
+            # the pipeline refuses a non-empty folder without its config.json, so the recipe
+            # goes in only once the pipeline has made the folder its own
+            if is_main and folder is not None and (Path(folder) / "config.json").is_file():
+                save_resolved_recipe(config, folder, source=str(path))

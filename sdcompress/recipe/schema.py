@@ -163,7 +163,8 @@ def convert_dataclass(value: Any, cls: type, where: str, build: bool) -> Any:
         cls: the dataclass.
         where: key path of ``value`` for messages (``""`` at the top).
         build: return a ``cls`` instance (missing keys take defaults; the dataclass's own
-            validation runs); otherwise return the checked mapping (partial is fine).
+            validation runs: ``__post_init__`` and a ``validate()`` method if it has one);
+            otherwise return the checked mapping (partial is fine).
 
     Raises:
         Invalid: naming the key path of the first problem.
@@ -188,8 +189,14 @@ def convert_dataclass(value: Any, cls: type, where: str, build: bool) -> Any:
     if missing:
         raise Invalid(where, f"missing required key(s): {', '.join(missing)}")
     try:
-        return cls(**out)
-    except ConfigError as exc:  # the dataclass's own validation (__post_init__)
+        obj = cls(**out)
+        # the dataclass's own range checks: __post_init__ above, or a validate() method
+        # (TrainConfig, EstimateConfig, PlanConfig), so a recipe fails at load time, naming the file
+        validate = getattr(obj, "validate", None)
+        if callable(validate):
+            validate()
+        return obj
+    except ConfigError as exc:
         raise Invalid(where, str(exc)) from exc
     except (TypeError, ValueError) as exc:
         raise Invalid(where, f"invalid {cls.__name__}: {exc}") from exc

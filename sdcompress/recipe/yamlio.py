@@ -62,6 +62,15 @@ _Dumper.yaml_implicit_resolvers = {
 }
 
 
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.SequenceNode:
+    # short lists of scalars on one line ([64, 16, 10]); anything else in block style
+    flow = all(isinstance(x, (str, int, float, bool)) or x is None for x in data) and len(data) <= 16
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
 def load_yaml_text(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
