@@ -134,7 +134,10 @@ class ModularMLP(_SavableModule):
 
     def forward(self, pairs: Tensor) -> Tensor:  # (B, 2) long -> (B, p)
         one_hot = torch.cat([F.one_hot(pairs[:, 0], self.p), F.one_hot(pairs[:, 1], self.p)], dim=1)
-        h = self.embed(one_hot.to(self.embed.weight.dtype))
+        # the dtype of the first float parameter, not embed.weight: a compressed embed
+        # (low-rank factors, quantized storage) has no .weight
+        dtype = next(p.dtype for p in self.parameters() if p.is_floating_point())
+        h = self.embed(one_hot.to(dtype))
         h = F.gelu(h) if self.activation == "gelu" else F.relu(h)
         return self.out(h)
 
