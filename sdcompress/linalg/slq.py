@@ -139,7 +139,7 @@ def hessian_slq(
     *,
     w: torch.Tensor | None = None,
     chunk_size: int | None = 16,
-    method: HvpMethod = "vmap",
+    method: HvpMethod = "auto",
     seed: int = 0,
 ) -> SpectralMeasure:
     """SLQ of the minibatch Hessian with a fresh minibatch per run (PAPER.md §3).
