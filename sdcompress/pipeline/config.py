@@ -20,6 +20,10 @@ from sdcompress.plan import PlanConfig
 from sdcompress.train import TrainConfig
 
 
+#: dataset of models that are not built in (the paper's GPT-2 setting, PAPER.md §4)
+HUB_DEFAULT_DATASET = "wikitext:wikitext-2-raw-v1"
+
+
 @dataclass
 class OutputConfig:
     """Where the run goes.
@@ -42,6 +46,8 @@ class RunConfig:
         model, data, train, estimate, plan, evaluate, output: the sections.
         seed: when set, every section's seed (model init, minibatch stream ω, training,
             estimator probes, planning batches) is set to it; ``None`` keeps each section's own.
+            A missing ``data.name`` becomes the built-in's corpus, or WikiText-2 from the hub
+            (``wikitext:wikitext-2-raw-v1``) for other models.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         dry_run: stop after writing plan.json (nothing is compressed).
     """
@@ -65,9 +71,8 @@ class RunConfig:
                 if hasattr(section, "seed"):
                     section.seed = cfg.seed
         if cfg.data.name is None:
-            cfg.data.name = DEFAULT_DATASET.get(cfg.model.name)
-            if cfg.data.name is None:
-                raise ConfigError(f"model {cfg.model.name!r} has no default dataset; pass --dataset (e.g. a text file or a hub name)")
+            # built-ins have their own corpus; any other (causal LM) model gets WikiText-2 from the hub
+            cfg.data.name = DEFAULT_DATASET.get(cfg.model.name, HUB_DEFAULT_DATASET)
         if cfg.output.dir is None:
             stem = Path(cfg.model.name).name or "model"
             cfg.output.dir = str(Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
@@ -106,4 +111,4 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-__all__ = ["OutputConfig", "RunConfig", "resolve_device"]
+__all__ = ["HUB_DEFAULT_DATASET", "OutputConfig", "RunConfig", "resolve_device"]
