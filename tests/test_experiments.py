@@ -62,3 +62,132 @@ def test_granulated_kendall_holds_seed_fixed():
     assert kendall_tau(measure, gap) > 0
     with pytest.raises(ConfigError, match="missing"):
         granulated_kendall(measure, gap, {"lr": [r[0] for r in runs]}, vary=["batch_size"])
+
+
+# ------------------------------------------------------------------ tiny experiments
+
+import json  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from sdcompress.experiments import compression_tie, eos_sweep, grid, grokking  # noqa: E402
+from sdcompress.experiments.common import load_config  # noqa: E402
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "experiments"
+
+
+@pytest.fixture(scope="session")
+def quick_grid(tmp_path_factory):
+    """The 2 × 2 quick grid (plus a 2-point weight-decay axis), run once."""
+    out = tmp_path_factory.mktemp("grid")
+    cfg = replace(load_config(grid.GridConfig, RECIPES / "grid.yaml").quick(), checkpoint_dir=str(out / "ckpt"))
+    payload = grid.run(cfg, out)
+    return cfg, out, payload
+
+
+def test_recipes_load_strictly():
+    for name, cls in [("grid", grid.GridConfig), ("eos_sweep", eos_sweep.EosConfig), ("grokking", grokking.GrokConfig),
+                      ("compression_tie", compression_tie.TieConfig)]:
+        assert isinstance(load_config(cls, RECIPES / f"{name}.yaml"), cls)
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(grid.GridConfig, None, ["lrss=[0.1]"])
+
+
+def test_quick_grid_writes_table_and_exact_sd_matches_dense_reference(quick_grid):
+    cfg, out, payload = quick_grid
+    runs = json.loads((out / "grid_runs.json").read_text())["runs"]
+    assert len(runs) == len(cfg.lrs) * len(cfg.batch_sizes) * len(cfg.seeds) + len(cfg.wd_values) * len(cfg.wd_seeds)
+    for f in ("grid_table.csv", "grid_table.md", "grid_measures_vs_gap.png", "grid_weight_decay.png"):
+        assert (out / f).stat().st_size > 0
+    measures = {r["measure"] for r in payload["table"]}
+    assert {"sd_exact", "sd_slq", "sd_kde", "sd_ps", "lambda_1", "hess_top", "hess_trace"} <= measures
+    # exact SD of one run, recomputed here from dense float64 minibatch Hessians (PAPER.md §2)
+    from sdcompress.estimator.kaplan_yorke import sharpness_dimension
+    from sdcompress.experiments.common import eval_stream, load_checkpoint
+    from sdcompress.linalg.dense import dense_hessian
+    from sdcompress.models import FunctionalLoss
+
+    row = next(r for r in runs if r["axis"] == "wd" and r["weight_decay"] > 0)
+    model = load_checkpoint(row["checkpoint"])
+    bundle = grid.bundle_as(grid.load_data("digits", train_fraction=cfg.train_fraction, seed=cfg.data_seed), torch.float64)
+    loss = FunctionalLoss(model)
+    lr, wd = row["lr"], row["weight_decay"]
+    per = []
+    for batch in eval_stream(bundle.train, row["batch_size"], row["seed"]).take(cfg.measures.n_batches):
+        alpha = torch.linalg.eigvalsh(torch.func.jacrev(torch.func.grad(lambda w: loss(w, batch)))(loss.params_vector()))
+        per.append(np.sort(np.log(np.abs(1 - lr * wd - lr * alpha.numpy())))[::-1])
+    lam = np.mean(per, axis=0)
+    assert row["sd_exact"] == pytest.approx(sharpness_dimension(lam), rel=1e-9)
+    assert row["lambda_1"] == pytest.approx(lam[0], rel=1e-9)
+    full = torch.linalg.eigvalsh(dense_hessian(loss, bundle.train.all()))
+    assert row["hess_top"] == pytest.approx(float(full[-1]), rel=1e-9)
+    assert row["hess_trace"] == pytest.approx(float(full.sum()), rel=1e-9)
+
+
+def test_quick_grid_is_deterministic(quick_grid):
+    cfg, out, _ = quick_grid
+    runs = json.loads((out / "grid_runs.json").read_text())["runs"]
+    first = runs[0]
+    bundle = grid.bundle_as(grid.load_data("digits", train_fraction=cfg.train_fraction, seed=cfg.data_seed), torch.float64)
+    again = grid.run_one(replace(cfg, checkpoint_dir=""), bundle, lr=first["lr"], batch_size=first["batch_size"], seed=first["seed"],
+                         weight_decay=first["weight_decay"], max_epochs=cfg.max_epochs, target=cfg.target_train_loss)
+    for key in ("steps", "test_loss", "train_loss", "sd_exact", "sd_slq", "sd_kde", "sd_ps", "lambda_1", "hess_top", "hess_trace"):
+        assert again[key] == first[key], key
+
+
+def test_shared_slq_measure_equals_separate_estimates():
+    from sdcompress.estimator import EstimateConfig, estimate_sd
+    from sdcompress.experiments.common import eval_stream
+    from sdcompress.experiments.measures import density_estimates
+    from sdcompress.models import load_model
+
+    model = load_model("mlp", seed=1, widths=(64, 6, 10)).model.double()
+    bundle = grid.bundle_as(grid.load_data("digits"), torch.float64)
+    cfg = EstimateConfig(slq_runs=3, lanczos_steps=12, n_bootstrap=0, n_quantiles=40)
+    shared = density_estimates(model, eval_stream(bundle.train, 32, 0), lr=0.3, weight_decay=1e-2, cfg=cfg, methods=["slq", "kde", "ps"])
+    for m in ("slq", "kde", "ps"):
+        alone = estimate_sd(model, eval_stream(bundle.train, 32, 0), lr=0.3, method=m, weight_decay=1e-2, config=cfg)
+        assert shared[m].sd == alone.sd
+
+
+def test_quick_compression_tie(quick_grid, tmp_path):
+    _, out, _ = quick_grid
+    cfg = replace(compression_tie.TieConfig(), grid_runs=str(out / "grid_runs.json"))
+    payload = compression_tie.run(cfg, tmp_path)
+    rows = payload["runs"]
+    assert len(rows) == len(json.loads((out / "grid_runs.json").read_text())["runs"])
+    assert all(r["params_kept"] == pytest.approx(0.5, abs=0.05) for r in rows)
+    assert payload["correlation"]["kendall_sd_vs_delta_test_loss"] == pytest.approx(
+        kendall_tau([r["sd_exact"] for r in rows], [r["delta_test_loss"] for r in rows]))
+    assert (tmp_path / "compression_tie.png").exists()
+    with pytest.raises(ConfigError, match="run `python -m sdcompress.experiments.grid` first"):
+        compression_tie.run(replace(cfg, grid_runs=str(tmp_path / "missing.json")), tmp_path)
+
+
+def test_quick_eos_sweep(tmp_path):
+    cfg = load_config(eos_sweep.EosConfig, RECIPES / "eos_sweep.yaml").quick()
+    cfg = replace(cfg, series=[cfg.series[0], cfg.series[-1]])  # MLP exact and tiny-gpt2 density
+    payload = eos_sweep.run(cfg, tmp_path)
+    runs = payload["runs"]
+    assert {r["series"] for r in runs} == {"mlp-gd", "tiny-gpt2-sgd-b16"}
+    for r in runs:
+        assert 0 < r["sd_over_d"] <= 1
+        assert r["eos_ratio"] == pytest.approx(r["mean_late_sharpness"] * r["lr"] / 2)
+    assert len(payload["traces"][0]["sharpness"]) == 3  # steps 0, 3, 6
+    assert (tmp_path / "eos_mlp-gd.png").exists() and (tmp_path / "eos.csv").exists()
+
+
+def test_quick_grokking_and_transition_logic(tmp_path):
+    payload = grokking.run(grokking.GrokConfig().quick(), tmp_path)
+    rows = json.loads((tmp_path / "grokking_relu-sgd-wd.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == grokking.checkpoint_steps(6, 3, 2) == [0, 2, 6]
+    assert "relu-sgd-wd" in payload["summary"]
+    fake = [{"step": s, "train_acc": a, "test_acc": b, "sd_over_d": sd, "hess_trace": 1.0, "hess_top": 1.0}
+            for s, a, b, sd in [(0, 0.1, 0.0, 0.9), (10, 1.0, 0.0, 0.8), (20, 1.0, 0.5, 0.5), (40, 1.0, 0.95, 0.6)]]
+    t = grokking.transition(fake, 0.99, 0.9)
+    assert (t["memorised_step"], t["generalised_step"]) == (10, 40)
+    assert t["sd_dropped"] and t["sd_over_d_min_in_transition"] == 0.5
+    assert t["sd_over_d_relative_change"] == pytest.approx((0.6 - 0.8) / 0.8)
+    assert len(grokking.checkpoint_steps(40_000, 50, 50)) == 50

@@ -180,10 +180,32 @@ def fit_sgd(
     return FitResult(step, reached, time.perf_counter() - start, train_loss)
 
 
-def eval_batches(train: ArrayDataset, batch_size: int, n: int, seed: int) -> list[Batch]:
-    """``n`` minibatches of the training batch size for curvature estimates, drawn from a
-    stream whose seed differs from training's (so they are fresh draws of ω)."""
-    return make_stream(train, batch_size, seed + 10_007).take(n)
+def eval_stream(train: ArrayDataset, batch_size: int, seed: int) -> BatchStream:
+    """The minibatches of curvature estimates: the training batch size, from a stream
+    whose seed differs from training's (fresh draws of ω; minibatch i for exact
+    estimate i and SLQ run i)."""
+    return make_stream(train, batch_size, seed + 10_007)
+
+
+def load_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A model written by ``save_pretrained`` of the toolkit's own modules, in ``dtype``.
+
+    The model is built in ``dtype`` before the weights are copied in, so float64 weights
+    stay float64 (loading into a float32 module first would round them).
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    from sdcompress.models import load_model
+    from sdcompress.models.builtin import MODEL_CONFIG_FILE, WEIGHTS_FILE
+
+    folder = Path(folder)
+    config = json.loads((folder / MODEL_CONFIG_FILE).read_text())
+    kind = config.pop("sdcompress_model")
+    model = load_model(kind, **config).model.to(dtype)
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    return model
 
 
 # ------------------------------------------------------------------ configs and outputs

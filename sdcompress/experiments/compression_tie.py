@@ -28,6 +28,7 @@ from sdcompress.errors import ConfigError
 from sdcompress.experiments.common import (
     bundle_as,
     classification_metrics,
+    load_checkpoint,
     experiment_parser,
     load_config,
     resolve_output_dir,
@@ -35,7 +36,6 @@ from sdcompress.experiments.common import (
     write_outputs,
 )
 from sdcompress.experiments.stats import kendall_tau
-from sdcompress.models import load_model
 
 logger = logging.getLogger(__name__)
 ESTIMATE_FILE = "estimate_exact.json"
@@ -53,6 +53,7 @@ class TieConfig:
         targets: module patterns to compress (``None``: the planner's default targets).
         baseline: a baseline strategy measured at the same budget (``""``: none).
         train_fraction, data_seed: must match the grid's split.
+        dtype: arithmetic of the models (the grid's).
     """
 
     output_dir: str = "results/compression_tie"
@@ -63,6 +64,7 @@ class TieConfig:
     baseline: str = "uniform-rank"
     train_fraction: float = 0.5
     data_seed: int = 0
+    dtype: str = "float64"
 
     def quick(self) -> "TieConfig":
         """The quick grid's runs."""
@@ -105,7 +107,7 @@ def run(cfg: TieConfig, out_dir: Path) -> dict[str, Any]:
     rows = []
     for r in runs:
         folder = Path(r["checkpoint"])
-        model = load_model(str(folder)).model
+        model = load_checkpoint(folder, getattr(torch, cfg.dtype))
         dtype = next(model.parameters()).dtype
         if bundle is None:
             bundle = bundle_as(load_data("digits", train_fraction=cfg.train_fraction, seed=cfg.data_seed), dtype)

@@ -25,7 +25,7 @@ from sdcompress.errors import DivergenceError
 from sdcompress.experiments.common import (
     SGDSettings,
     bundle_as,
-    eval_batches,
+    eval_stream,
     experiment_parser,
     fit_sgd,
     load_config,
@@ -72,7 +72,7 @@ class SeriesConfig:
     steps: int = 2000
     sharpness_every: int = 50
     sharpness_examples: int = 0
-    sharpness_dense: bool = True
+    sharpness_dense: bool = False
     lanczos_steps: int = 20
     measures: MeasureSettings = field(default_factory=lambda: MeasureSettings(methods=["exact"], n_batches=1))
     seed: int = 0
@@ -92,7 +92,10 @@ class EosConfig:
         for s in self.series:
             q = replace(s, lrs=s.lrs[:2], steps=6, sharpness_every=3, lanczos_steps=5,
                         measures=replace(s.measures, n_batches=min(2, s.measures.n_batches),
-                                         estimator={**s.measures.estimator, "slq_runs": 2, "slq_steps": 6}))
+                                         estimator={**s.measures.estimator, "slq_runs": 2, "lanczos_steps": 6, "n_bootstrap": 0, "n_quantiles": 50}))
+            if s.model == "mlp":
+                q.model_options = {**s.model_options, "widths": [64, 8, 10]}
+                q.batch_size = min(s.batch_size, 128)
             if s.model == "tiny-gpt2":
                 q.model_options = {**s.model_options, "n_layer": 1, "n_embd": 8, "n_head": 2}
                 q.batch_size = min(s.batch_size, 4)
@@ -108,7 +111,7 @@ def sharpness(model: torch.nn.Module, batch, s: SeriesConfig, loss_fn) -> float:
 
     loss = FunctionalLoss(model, loss_fn=loss_fn)
     if s.sharpness_dense:
-        return float(torch.linalg.eigvalsh(dense_hessian(loss, batch).double())[-1])
+        return float(torch.linalg.eigvalsh(dense_hessian(loss, batch, chunk_size=128).double())[-1])
     return top_eigenvalue(HessianOperator(loss, batch, chunk_size=8), steps=s.lanczos_steps, seed=s.seed)
 
 
@@ -147,7 +150,7 @@ def run_series(s: SeriesConfig, eos_fraction: float) -> tuple[list[dict[str, Any
                     "mean_late_sharpness": sum(tail) / len(tail), "final_loss": trace["loss"][-1]})
         row["eos_ratio"] = row["mean_late_sharpness"] * lr / 2.0
         row["at_eos"] = row["eos_ratio"] >= eos_fraction
-        batches = eval_batches(train, s.batch_size, s.measures.n_batches, s.seed)
+        batches = eval_stream(train, s.batch_size, s.seed)
         row.update(sd_measures(model, batches, lr=lr, weight_decay=s.weight_decay, s=s.measures)[0])
         method = s.measures.methods[0]
         row["sd_over_d"] = row[f"sd_over_d_{method}"]

@@ -25,7 +25,7 @@ from sdcompress.data import load_data
 from sdcompress.experiments.common import (
     SGDSettings,
     bundle_as,
-    eval_batches,
+    eval_stream,
     experiment_parser,
     fit_sgd,
     gaps,
@@ -100,7 +100,7 @@ class GridConfig:
 
 
 #: Estimator settings small enough for tests (options of EstimateConfig).
-QUICK_ESTIMATOR: dict[str, Any] = {"slq_runs": 2, "slq_steps": 10}
+QUICK_ESTIMATOR: dict[str, Any] = {"slq_runs": 2, "lanczos_steps": 10, "n_bootstrap": 0, "n_quantiles": 50}
 
 
 def run_one(cfg: GridConfig, bundle, *, lr: float, batch_size: int, seed: int, weight_decay: float, max_epochs: int, target: float | None) -> dict[str, Any]:
@@ -116,11 +116,12 @@ def run_one(cfg: GridConfig, bundle, *, lr: float, batch_size: int, seed: int, w
                            "train_time_s": fit.wall_time_s}
     row.update(gaps(model, bundle))
     t0 = time.perf_counter()
-    batches = eval_batches(bundle.train, batch_size, cfg.measures.n_batches, seed)
+    batches = eval_stream(bundle.train, batch_size, seed)
     sd_row, estimates = sd_measures(model, batches, lr=lr, weight_decay=weight_decay, s=cfg.measures)
     row.update(sd_row)
     row.update(full_batch_curvature(model, bundle, cfg.measures, seed=seed))
     row["eos_ratio"] = row["hess_top"] * lr / 2.0  # ≥ 1: full-batch sharpness at or above 2/η
+    row["mb_eos_ratio"] = row.get("mb_hess_top", float("nan")) * lr / 2.0  # the same for the minibatch Hessians
     row["measure_time_s"] = time.perf_counter() - t0
     if cfg.checkpoint_dir:
         folder = Path(cfg.checkpoint_dir) / f"lr{lr}_bs{batch_size}_wd{weight_decay}_s{seed}"
@@ -131,6 +132,10 @@ def run_one(cfg: GridConfig, bundle, *, lr: float, batch_size: int, seed: int, w
     logger.info("lr=%g B=%d wd=%g seed=%d: %d steps, test acc %.3f, SD/d %.4f, λ1 %.3g",
                 lr, batch_size, weight_decay, seed, fit.steps, row["test_acc"], row.get("sd_over_d_exact", float("nan")), row.get("lambda_1", float("nan")))
     return row
+
+
+# fields that only choose which runs exist; the runs already done stay valid when they change
+_JOB_FIELDS = {"lrs", "batch_sizes", "seeds", "wd_values", "wd_seeds", "output_dir"}
 
 
 def _key(row: dict[str, Any]) -> tuple:
@@ -153,7 +158,8 @@ def run(cfg: GridConfig, out_dir: Path) -> dict[str, Any]:
     partial = out_dir / "grid_runs.json"
     if partial.exists():
         old = json.loads(partial.read_text())
-        if old.get("config") == asdict(cfg):
+        same = {k: v for k, v in old.get("config", {}).items() if k not in _JOB_FIELDS}
+        if same == {k: v for k, v in asdict(cfg).items() if k not in _JOB_FIELDS}:
             done = {_key(r): r for r in old["runs"]}
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()

@@ -30,7 +30,7 @@ import torch
 from sdcompress.data import load_data
 from sdcompress.experiments.common import (
     SGDSettings,
-    eval_batches,
+    eval_stream,
     experiment_parser,
     fit_sgd,
     gaps,
@@ -100,7 +100,7 @@ class GrokConfig:
         return replace(
             self, p=11, n_checkpoints=3, first_checkpoint=2,
             variants=[replace(v, hidden=8, steps=6, batch_size=16) for v in self.variants],
-            measures=replace(self.measures, n_batches=2, estimator={**self.measures.estimator, "slq_runs": 2, "slq_steps": 6}),
+            measures=replace(self.measures, n_batches=2, estimator={**self.measures.estimator, "slq_runs": 2, "lanczos_steps": 6, "n_bootstrap": 0, "n_quantiles": 50}),
         )
 
 
@@ -147,7 +147,7 @@ def run_variant(cfg: GrokConfig, v: GrokVariant, bundle) -> dict[str, Any]:
     def hook(step: int, m: torch.nn.Module) -> None:
         t0 = time.perf_counter()
         row: dict[str, Any] = {"step": step, **gaps(m, bundle)}
-        batches = eval_batches(bundle.train, v.batch_size, cfg.measures.n_batches, v.seed + step)
+        batches = eval_stream(bundle.train, v.batch_size, v.seed + step)
         row.update(sd_measures(m, batches, lr=v.lr, weight_decay=v.weight_decay, s=cfg.measures)[0])
         row["sd_over_d"] = row[f"sd_over_d_{method}"]
         row.update(full_batch_curvature(m, bundle, cfg.measures, seed=v.seed))
