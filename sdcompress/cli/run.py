@@ -15,6 +15,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+#: default SGD steps from the checkpoint of a model that is not built in
+NON_BUILTIN_STEPS = 100
+
 
 def rank_arg(text: str) -> int | str:
     """``auto``, ``off`` or a positive integer."""
@@ -59,10 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help=f"built-in ({', '.join(BUILTIN_MODELS)}), a save_pretrained folder, or a hub name such as gpt2")
     g = parser.add_argument_group("compression")
-    g.add_argument("--target-rank", type=rank_arg, default="auto",
-                   help="SVD rank per module: 'auto' (smallest rank with k(out+in−k) ≥ the module's share of SD), 'off', or N")
+    g.add_argument("--target-rank", type=rank_arg, default=None,
+                   help="SVD rank per module: 'auto' (smallest rank with k(out+in−k) ≥ the module's share of SD), 'off', "
+                   "or N; default: auto, or off when --prune is given")
     g.add_argument("--prune", type=prune_arg, default="off",
-                   help="pruning: 'auto' (keep the module's share of SD), 'off', or the fraction kept (needs --target-rank off)")
+                   help="pruning: 'auto' (keep the module's share of SD), 'off', or the fraction kept (instead of low rank)")
     g.add_argument("--bits", type=bits_arg, default="off",
                    help="weight-only quantization: 'auto' (4 bits where the attractor is thinnest), 'off', 8 or 4")
     g.add_argument("--tolerance", type=float, default=None,
@@ -77,7 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--dataset", default=None, help="dataset (built-in, local file, or hub name); default: the model's own")
     d.add_argument("--lr", type=float, default=None, metavar="ETA", help="constant SGD step size η (default: the training config's)")
     d.add_argument("--weight-decay", type=float, default=None, help="weight decay of the SGD map (default: the training config's)")
-    d.add_argument("--steps", type=int, default=None, help="training steps (EoS training of built-ins / SGD phase of others)")
+    d.add_argument("--steps", type=int, default=None,
+                   help=f"training steps (default: EoS training of built-ins; {NON_BUILTIN_STEPS} constant-η SGD steps from the "
+                   "checkpoint of other models, whose --lr should be near 2/λ_max)")
     d.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the data config's)")
     e = parser.add_argument_group("estimate and evaluation")
     e.add_argument("--method", default=None, choices=["exact", "slq", "kde", "ps", "lyapunov"],
@@ -101,13 +107,17 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from sdcompress.pipeline import OutputConfig, RunConfig
     from sdcompress.plan import PlanConfig
 
+    from sdcompress.models import BUILTIN_MODELS
     from sdcompress.train import default_data_config, default_train_config
 
     # built-ins start from their documented EoS settings; others from the generic defaults
     data = default_data_config(args.model)
     if args.dataset is not None:
         data.name = args.dataset
-    cfg = RunConfig(model=ModelConfig(name=args.model), data=data, train=default_train_config(args.model))
+    train = default_train_config(args.model)
+    if args.model not in BUILTIN_MODELS:
+        train.steps = NON_BUILTIN_STEPS  # a short constant-η phase from the checkpoint, not a training run
+    cfg = RunConfig(model=ModelConfig(name=args.model), data=data, train=train)
     if args.batch_size is not None:
         cfg.data.batch_size = args.batch_size
     for attr, value in (("lr", args.lr), ("weight_decay", args.weight_decay), ("steps", args.steps)):
@@ -115,8 +125,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
             setattr(cfg.train, attr, value)
     if args.method is not None:
         cfg.estimate.method = args.method
+    target_rank = args.target_rank if args.target_rank is not None else ("off" if args.prune != "off" else "auto")
     cfg.plan = PlanConfig(
-        target_rank=args.target_rank, prune=args.prune, bits=args.bits, tolerance=args.tolerance,
+        target_rank=target_rank, prune=args.prune, bits=args.bits, tolerance=args.tolerance,
         targets=args.targets, ignore=list(args.ignore), strategy=args.strategy,
         budget={} if args.budget is None else {"params_fraction": args.budget},
     )

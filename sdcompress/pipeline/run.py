@@ -72,6 +72,7 @@ def run_pipeline(config: RunConfig) -> RunReport:
     resuming = prepare_folder(folder, cfg_dict, cfg.output.overwrite)
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    logger.info("[1/5] model and training (%s on %s)", cfg.model.name, cfg.data.name)
     # what can fail on bad input (model, data, EoS training of a built-in) runs before the folder is touched
     trained = load_trained(cfg, folder if resuming else None, device)  # checks targets first
     if cfg.output.overwrite and folder.exists():
@@ -92,17 +93,20 @@ def run_pipeline(config: RunConfig) -> RunReport:
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    logger.info("[2/5] estimate: SD and the dominant Lyapunov subspace")
     stream = BatchStream(data.train, cfg.data.batch_size, seed=cfg.data.seed, replacement=cfg.data.replacement)
     est, lyap, before = stage_estimate(cfg, folder, loaded, data, stream)
     timings["estimate"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    logger.info("[3/5] plan%s and compress", " (dry run: plan only)" if cfg.dry_run else "")
     result = stage_tries(cfg, folder, loaded, data, est, lyap, before, tolerance)
     timings["plan+compress"] = time.perf_counter() - t
     if cfg.dry_run:
         return _dry_report(cfg, loaded, est, before, result.plan, tolerance, train_summary(trained.log, trained.phase))
 
     t = time.perf_counter()
+    logger.info("[4/5] save the compressed model and re-measure SD")
     compression, after = stage_compress_final(cfg, folder, loaded, data, stream, est, result)
     timings["final"] = time.perf_counter() - t
     v = verdict(before.test_loss, after.test_loss, tolerance, gap_before=before.gap, gap_after=after.gap,
@@ -119,6 +123,7 @@ def run_pipeline(config: RunConfig) -> RunReport:
         config=cfg_dict,
         environment=environment(str(device)), wall_time_s=timings,
     )
+    logger.info("[5/5] report")
     report.save(folder)
     render_run(folder)
     logger.info("%s", v.message)
