@@ -211,3 +211,39 @@ def test_targets_on_a_model_and_statistics_against_dense_reference():
         ref += (g**2).sum(1) / 2
     assert stats["layers.0"].fisher_rows == pytest.approx(ref.tolist())
     assert model.layers[0].weight.grad is None
+
+
+def test_weight_decay_note_and_escalation():
+    est = SDEstimate(method="ps", sd=0.95 * D, j_star=1, exponents=np.array([0.1, -0.2]), d=D, n_hvp=0,
+                     wall_time_s=0.0, lr=0.1, weight_decay=0.01)
+    text = " ".join(make_plan(est, MODULES, PlanConfig()).notes)
+    assert "with weight decay wd = 0.01" in text and "without weight decay" not in text
+    cfg = PlanConfig(target_rank="off", bits=4, budget={"params_fraction": 0.5}, growth=2.0)
+    assert [cfg.escalated(i).bits for i in range(3)] == [4, 8, "off"]
+    assert [cfg.escalated(i).budget["params_fraction"] for i in range(3)] == [0.5, 1.0, 1.0]
+    assert cfg.escalated(2).sd_scale == 4.0
+    manual = PlanConfig(target_rank=20).escalated(1)
+    assert manual.target_rank == 30 and manual.clip_rank
+    plan = make_plan(estimate(1000.0), MODULES, manual)  # 30 > 24: those modules stay dense instead of failing
+    assert [m.rank for m in plan.modules] == [None, None, None, None]
+
+
+def test_conv1d_rows_are_output_features():
+    """GPT-2's Conv1D stores W as (in, out): subspace energy on one stored column is one output row."""
+    from sdcompress.models import tiny_gpt2
+
+    model = tiny_gpt2(n_embd=8, n_layer=1, n_head=2, block_size=8, vocab_size=20)
+    infos = {m.name: m for m in describe_modules(model)}
+    attn = infos["transformer.h.0.attn.c_attn"]
+    assert (attn.out_features, attn.in_features, attn.transposed) == (24, 8, True)
+    d = sum(p.numel() for p in model.parameters())
+    Q = torch.zeros(d, 1, dtype=torch.float64)
+    stored = torch.zeros(8, 24, dtype=torch.float64)
+    stored[:, 5] = 1.0  # every input feature of output 5
+    Q[attn.offset : attn.offset + 192, 0] = stored.reshape(-1) / stored.norm()
+    est = SDEstimate(method="lyapunov", sd=1.0, j_star=1, exponents=np.array([0.1]), d=d, n_hvp=0, wall_time_s=0.0,
+                     lr=0.1, subspace=Q)
+    al = allot(est, list(infos.values()))["transformer.h.0.attn.c_attn"]
+    assert al.energy == pytest.approx(1.0)
+    assert al.row_energy[5] == pytest.approx(1.0) and sum(al.row_energy) == pytest.approx(1.0)
+    assert al.col_energy == pytest.approx([1 / 8] * 8)
