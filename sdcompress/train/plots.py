@@ -39,7 +39,7 @@ def plot_training(result: TrainResult) -> Any:
     ax2.set_xlabel("SGD step")
     ax2.set_ylabel("loss")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(hspace=0.08)  # (tight_layout costs ~1 s; savefig's tight bbox is enough)
     return fig
 
 
