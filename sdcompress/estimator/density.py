@@ -11,9 +11,11 @@ the exponent
 pushed-forward density: SD = μ({g ≥ λ*}) with λ* the level where ∫_{g ≥ λ*} g dμ = 0
 (the continuous form of PAPER.md §2; the discrete formula with weights computes it).
 
-Choices the paper leaves open, and why. Numbers are from the digits MLP (64-16-16-10,
-d = 1,440) trained at the edge of stability with η = 0.5, wd = 0.01 (SD/d ≈ 0.5);
-tests/test_estimator_density.py checks each effect.
+Choices the paper leaves open, and why. The numbers are SD relative to exact SD on the
+digits MLP (64-16-16-10, d = 1,440) trained at the edge of stability (η = 0.5, wd =
+0.01, mean λ_max(H_B) = 4.04 ≥ 2/η; exact SD/d = 0.48), from one SLQ measure of 24 runs
+× 50 Lanczos steps over the same 8 minibatches; tests/test_estimator_density.py checks
+each effect on that setting.
 
 - **Coordinates: u = asinh(α/s) + α/c**, s = ``density_scale`` · R, c =
   ``density_linear`` · R, R = max|θ|. Network Hessians have an atom of exactly-zero
@@ -21,42 +23,43 @@ tests/test_estimator_density.py checks each effect.
   from 1e-12 to 1e-1) and a few outliers near and beyond 2/η. With weight decay every
   zero-curvature direction has exponent ln(1 − η·wd) ≈ −η·wd, and SD moves by one
   direction per η·wd of error in the positive exponent mass, so α must be resolved to
-  a fraction of wd near 0 (a linear grid or a fixed kernel width in α, like
-  PyHessian's, smears the atom into the tails). u is linear (α/s) below s, so the atom
-  and signs need no special case; logarithmic between s and c, so the bulk keeps its
-  decades with a relative resolution; and linear again (α/c) above c, so outliers are
-  resolved to an absolute c·δu. The last part matters: in a purely logarithmic u a
-  kernel or bin of relative width δ pushes an outlier at 12 to 12·e^δ, its exponent
-  ln(ηα − 1) grows, and SD rose by 4% (histogram, 256 bins) to 23% (kernel, δ = 0.3);
-  with c = 0.1 R the same settings are within 0.1–3% of the raw Ritz nodes.
+  a fraction of wd near 0; a linear grid or a fixed kernel width in α (PyHessian's
+  density) smears the atom into the tails. u is linear (α/s) below s, so the atom and
+  signs need no special case; logarithmic between s and c, so the bulk keeps its
+  decades at a relative resolution; and linear again (α/c) above c, so outliers are
+  resolved to an absolute c·δu. The last part matters: in a purely logarithmic u a bin
+  or kernel of relative width δ pushes an outlier α to α·e^δ and its exponent
+  ln(ηα − 1) grows. Measured, log-only → log-linear (c = 0.1 R): kernel h = 0.3
+  +13.9% → +3.7%; 64-bin histogram +9.6% → +4.8%; kernel h = 1 +96% → +29%.
 - **Cells, not points.** Every density is held as masses on ``grid_size`` cells uniform
-  in u; a cell's exponent is the exact mean of g over the cell (uniform in α, closed form
-  via ∫ ln(|x| + ε) dx), so the log singularity at α = (1 − η·wd)/η is integrated
+  in u; a cell's exponent is the exact mean of g over the cell (uniform in α, closed
+  form via ∫ ln(|x| + ε) dx), so the log singularity at α = (1 − η·wd)/η is integrated
   rather than sampled.
 - **Histogram (SD-SLQ):** ``n_bins`` equal-width bins in u (groups of grid cells), mass
-  spread evenly within a bin. Coarse bins (64) inflate SD by a few percent.
-- **KDE (SD-KDE):** a Gaussian kernel in u of width h (``bandwidth``, u units; 0.05 by
-  default, a 5% relative width in the bulk), cell masses integrated exactly (Φ
-  differences). Silverman's rule in u gives h ≈ 2 on these multi-modal spectra and SD
-  near d: it is offered (``"silverman"``) only for comparison. SD grows with h (h = 1
-  inflated it by 40% in one measurement): smoothing spreads the outliers' and the bulk's
-  mass outward, and the positive exponent mass grows.
+  spread evenly within a bin. Measured: 64 bins +4.8%, 256 (default) +1.5%, 1,024 +1.2%.
+- **KDE (SD-KDE):** a Gaussian kernel in u of width h (``bandwidth``, u units; default
+  0.05, a 5% relative width in the bulk), cell masses integrated exactly (Φ
+  differences). Smoothing spreads mass outward and the positive exponent mass grows, so
+  SD grows with h: h = 0.01–0.1 gave +1.2% to +1.5% (the raw Ritz nodes: +1.2%), 0.3
+  gave +3.7%, 1.0 gave +29%. Silverman's rule in u (``"silverman"``, for comparison)
+  chose h = 0.9 on these multi-modal spectra: +24%.
 - **Pseudo-spectrum (SD-PS):** M = ``n_quantiles`` groups of equal mass d/M, each a
   single exponent, the discrete formula with weights d/M. The paper's reading
   (``ps_representative="quantile"``) maps the α-quantile at level (k − ½)/M through g;
-  its midpoints miss the outliers in the top group and land on the singularity at
-  α = (1 − η·wd)/η, and SD varied with M (315, 628, 699 for M = 10, 100, 1000 where the
-  KDE gave 694). The default ``"mean"`` sorts the KDE cells by exponent and gives each
-  group its mean exponent: Σλ equals ∫ g dμ, and SD agrees with SD-KDE to within one
-  group for any M (694.1 at M = 10).
+  midpoints miss the outliers in the top group and land near the singularity at
+  α = (1 − η·wd)/η, and SD moved with M: 0.46, 0.92, 1.02 × exact for M = 10, 100,
+  1,000. The default ``"mean"`` sorts the KDE cells by exponent and gives each group
+  its mean exponent: Σλ equals ∫ g dμ and SD agrees with SD-KDE to within one group for
+  any M (1.0125, 1.0127, 1.0127 × exact for M = 10, 100, 1,000).
 - **ε** (``eps``): g adds ε inside the logarithm so a node at α = (1 − η·wd)/η stays
-  finite. Since g(0) = ln(1 − η·wd + ε), ε shifts every neutral exponent by about ε,
-  and SD with weight decay moves by ≈ n₀·ε/|λ| (n₀ neutral directions): ε must be far
-  below η·wd. The default 1e-8 changes SD by < 0.1%; ε = 1e-3 inflates it.
-- **Uncertainty** comes from a bootstrap over SLQ runs. In these measurements the
-  probe noise dominated the Lanczos error: with 8 minibatches, 8 runs (one probe each)
-  put SD within −11%…+5% of exact SD over 5 seeds, 24 runs within −4%…+4%, while going
-  from 40 to 150 Lanczos steps moved SD by 1%.
+  finite. Since g(0) = ln(1 − η·wd + ε), ε shifts every neutral exponent by about ε and
+  SD with weight decay moves by ≈ n₀·ε/|λ| (n₀ neutral directions): ε must be far below
+  η·wd. Measured: ε = 0 to 1e-6 change SD by < 0.03%; 1e-4 by +2%; 1e-3 by +24%.
+  Default 1e-8.
+- **Uncertainty** comes from a bootstrap over SLQ runs. Probe noise dominated the
+  Lanczos error: over 5 probe seeds on 8 minibatches, 8 runs (one probe per batch) put
+  SD within −11%…+5% of exact and 24 runs within ±4%, while going from 60 to 150
+  Lanczos steps moved SD by 1–2.5% (from 40 to 60 steps, up to 5%).
 """
 
 from __future__ import annotations
