@@ -152,6 +152,9 @@ def test_eos_verdict_on_known_logs():
     # without the wd term 3.5 would be below the bar: the comparison is λ + wd vs 2/η
     v0 = eos_verdict(rising, lr=lr, weight_decay=0.0, window=0.5, tolerance=0.1)
     assert v0.n_at_eos == 3
+    # heavy-ball momentum μ moves the threshold to 2(1 + μ)/η = 7.6 for μ = 0.9: nothing is at EoS
+    vm = eos_verdict(rising, lr=lr, weight_decay=wd, momentum=0.9, window=0.5, tolerance=0.1)
+    assert vm.n_at_eos == 0 and not vm.at_eos and vm.threshold == pytest.approx(0.9 * 7.6)
     flat = [dict(r, sharpness=1.0) for r in rising]
     v = eos_verdict(flat, lr=lr, window=0.5, tolerance=0.1)
     assert not v.at_eos and v.first_crossing_step is None and "not at the edge" in v.message

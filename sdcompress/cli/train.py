@@ -23,6 +23,16 @@ logger = logging.getLogger(__name__)
 OWN_FILES = ("train_log.json", "train_log.png", "checkpoint.safetensors", "model")
 
 
+def _per_model(key: str, part: int = 0) -> str:
+    """``"tiny-gpt2 0.3, mlp 0.2, ..."``: a setting's built-in defaults, for help strings."""
+    from sdcompress.train.config import BUILTIN_DEFAULTS, TrainConfig
+
+    def value(settings: dict) -> object:
+        return settings.get(key, getattr(TrainConfig(), key, None))
+
+    return ", ".join(f"{name} {value(cfg[part]):g}" for name, cfg in BUILTIN_DEFAULTS.items())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``sdcompress train``."""
     parser.add_argument("model", help="built-in model (tiny-gpt2, mlp, modular-mlp), a save_pretrained folder, or a hub name")
@@ -31,15 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the built-in model's own (tiny-gpt2: pydoc, mlp: digits, modular-mlp: modular)")
     parser.add_argument("--output-dir", required=True, help="folder for train_log.json, train_log.png, model/ and the checkpoint")
     parser.add_argument("--lr", type=float, default=None,
-                        help="constant step size η; default: the model's EoS default (tiny-gpt2 0.3, mlp 0.2, modular-mlp 10)")
-    parser.add_argument("--steps", type=int, default=None, help="SGD steps; default: the model's (tiny-gpt2 1500, mlp 1000, modular-mlp 4000)")
-    parser.add_argument("--batch-size", type=int, default=None, help="minibatch size; default: the model's (tiny-gpt2 16, mlp 64, modular-mlp 64)")
+                        help=f"constant step size η; default: the model's EoS default ({_per_model('lr')})")
+    parser.add_argument("--steps", type=int, default=None, help=f"SGD steps; default: the model's ({_per_model('steps')})")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"minibatch size; default: the model's ({_per_model('batch_size', 1)})")
     parser.add_argument("--weight-decay", type=float, default=None,
-                        help="coupled weight decay wd; default 1e-2 (without it SD ≈ d, PAPER.md §7)")
+                        help=f"coupled weight decay wd; default: the model's ({_per_model('weight_decay')}); without it SD ≈ d (PAPER.md §7)")
     parser.add_argument("--momentum", type=float, default=0.0, help="heavy-ball momentum μ in [0, 1)")
-    parser.add_argument("--log-every", type=int, default=None, help="log losses and λ_max every N steps; default: the model's (tiny-gpt2 100, mlp 50)")
+    parser.add_argument("--log-every", type=int, default=None, help=f"log losses and λ_max every N steps; default: the model's ({_per_model('log_every')})")
     parser.add_argument("--sharpness-steps", type=int, default=20, help="Lanczos steps for λ_max of the minibatch Hessian")
-    parser.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every N steps (and at the end); default: the model's (500)")
+    parser.add_argument("--checkpoint-every", type=int, default=None, help=f"checkpoint every N steps (and at the end); default: the model's ({_per_model('checkpoint_every')})")
     parser.add_argument("--block-size", type=int, default=64, help="tokens per block for language-modelling datasets")
     parser.add_argument("--seed", type=int, default=0, help="seed of the minibatch stream ω, of seeded splits and of a built-in model's initialisation")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (auto: CUDA when available)")
@@ -128,8 +138,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.model} on {result.dataset}: {result.steps} SGD steps, η = {train_cfg.lr:g}, wd = {train_cfg.weight_decay:g}, "
           f"momentum {train_cfg.momentum:g}, batch {data_cfg.batch_size} ({result.n_params:,} parameters)"
           + (f", resumed from step {result.resumed_from}" if result.resumed_from else ""))
+    limit = last["stability_threshold"] + train_cfg.weight_decay  # 2(1 + μ)/η
     print(f"final λ_max(H_B) = {last['sharpness']:.4g} vs 2/η = {last['two_over_lr']:.4g} "
-          f"((λ_max + wd)/(2/η) = {(last['sharpness'] + train_cfg.weight_decay) / last['two_over_lr']:.2f})")
+          f"((λ_max + wd)/{'(2/η)' if train_cfg.momentum == 0 else '(2(1+μ)/η)'} = {(last['sharpness'] + train_cfg.weight_decay) / limit:.2f})")
     print(v.message)
     print(f"train loss {last['train_loss']:.4f} · test loss {last['test_loss']:.4f}{acc}")
     print(f"wrote {result.log_path}, {result.plot_path}, {result.model_dir}/")

@@ -7,10 +7,12 @@ Hessian-vector products (:func:`sdcompress.linalg.top_eigenpairs`).
 
 EoS criterion. SGD with coupled weight decay, w ↦ w − η(∇L_B(w) + wd·w), has the step
 Jacobian (1 − η·wd) I − η H_B; a direction is linearly unstable when its eigenvalue drops
-below −1, i.e. when α + wd > 2/η. We therefore compare λ_max(H_B) + wd with 2/η (which is
-λ_max(H_B) against 2/η − wd). A logged point counts as "at EoS" when
-λ_max(H_B) + wd ≥ (1 − tol) · 2/η; the run is at EoS when most (more than half) of the
-logged points in the last ``eos_window`` of the log are.
+below −1, i.e. when α + wd > 2/η. With heavy-ball momentum μ (``torch.optim.SGD``, no
+dampening) the quadratic model is stable while η(α + wd) < 2(1 + μ). We therefore compare
+λ_max(H_B) + wd with the threshold 2(1 + μ)/η (= 2/η without momentum; equivalently
+λ_max(H_B) against 2(1 + μ)/η − wd, the ``stability_threshold`` of the log). A logged
+point counts as "at EoS" when λ_max(H_B) + wd ≥ (1 − tol) · 2(1 + μ)/η; the run is at EoS
+when most (more than half) of the logged points in the last ``eos_window`` of the log are.
 """
 
 from __future__ import annotations
@@ -128,16 +130,17 @@ def evaluate(loaded: LoadedModel, data: ArrayDataset, rows: Sequence[int], batch
 class EoSVerdict:
     """Whether a run sits at the edge of stability, with the numbers that decided it.
 
-    Ratios are (λ_max(H_B) + wd) / (2/η): 1 is the linear-stability threshold.
+    Ratios are (λ_max(H_B) + wd) / (2(1 + μ)/η): 1 is the linear-stability threshold.
 
     Attributes:
         at_eos: more than half of the window's points have ratio ≥ 1 − tolerance.
         window_steps: (first, last) logged step of the window.
         n_points: logged points in the window.
         n_at_eos: of those, how many are at EoS.
-        threshold: (1 − tolerance) · 2/η, the bar for λ_max + wd.
+        threshold: (1 − tolerance) · 2(1 + μ)/η, the bar for λ_max + wd.
         two_over_lr: 2/η.
         weight_decay: wd (added to λ_max in the comparison).
+        momentum: μ (the threshold is 2(1 + μ)/η).
         median_ratio, min_ratio, max_ratio: ratio statistics over the window.
         initial_ratio: ratio at the first logged point.
         first_crossing_step: first logged step at EoS (``None`` if never).
@@ -154,6 +157,7 @@ class EoSVerdict:
     threshold: float
     two_over_lr: float
     weight_decay: float
+    momentum: float
     median_ratio: float
     min_ratio: float
     max_ratio: float
@@ -176,14 +180,21 @@ class EoSVerdict:
 
 
 def eos_verdict(
-    records: Sequence[Mapping[str, Any]], *, lr: float, weight_decay: float = 0.0, window: float = 0.5, tolerance: float = 0.2
+    records: Sequence[Mapping[str, Any]],
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    window: float = 0.5,
+    tolerance: float = 0.2,
 ) -> EoSVerdict:
     """Decide whether the logged run sits at the edge of stability.
 
     Args:
         records: log records with ``step``, ``sharpness`` and ``train_loss``, in step order.
         lr: step size η.
-        weight_decay: wd; the comparison is λ_max + wd against 2/η (module docstring).
+        weight_decay: wd; the comparison is λ_max + wd against 2(1 + μ)/η (module docstring).
+        momentum: heavy-ball μ.
         window: fraction of the records, at the end, to judge (at least one record).
         tolerance: a point is at EoS when λ_max + wd ≥ (1 − tolerance) · 2/η.
 
@@ -191,12 +202,13 @@ def eos_verdict(
         The verdict. With no records, ``at_eos`` is false and the message says so.
     """
     two = 2.0 / lr
-    bar = (1.0 - tolerance) * two
+    limit = two * (1.0 + momentum)
+    bar = (1.0 - tolerance) * limit
     if not records:
         nan = float("nan")
-        return EoSVerdict(False, (0, 0), 0, 0, bar, two, weight_decay, nan, nan, nan, nan, None, False, nan, nan, False,
+        return EoSVerdict(False, (0, 0), 0, 0, bar, two, weight_decay, momentum, nan, nan, nan, nan, None, False, nan, nan, False,
                           "no logged points: nothing to judge")
-    ratios = [(r["sharpness"] + weight_decay) / two for r in records]
+    ratios = [(r["sharpness"] + weight_decay) / limit for r in records]
     n_win = max(1, math.ceil(window * len(records)))
     win, win_ratios = records[-n_win:], ratios[-n_win:]
     hits = sum(q >= 1.0 - tolerance for q in win_ratios)
@@ -208,14 +220,15 @@ def eos_verdict(
     loss_start, loss_end = statistics.fmean(losses[:half]), statistics.fmean(losses[-half:])
     falling = loss_end < loss_start
     med = statistics.median(win_ratios)
-    where = f"λ_max + wd ≥ {1 - tolerance:.2f}·2/η at {hits} of {n_win} logged points in steps {win[0]['step']}–{win[-1]['step']}"
+    name = "2/η" if momentum == 0 else "2(1+μ)/η"
+    where = f"λ_max + wd ≥ {1 - tolerance:.2f}·{name} at {hits} of {n_win} logged points in steps {win[0]['step']}–{win[-1]['step']}"
     head = "at the edge of stability" if at_eos else "not at the edge of stability"
     how = (
-        f"progressive sharpening from {ratios[0]:.2f}·2/η reached the bar at step {crossing}" if sharpening
-        else f"started at {ratios[0]:.2f}·2/η" + (" (above the bar: the first steps catapult)" if ratios[0] >= 1 - tolerance else "")
+        f"progressive sharpening from {ratios[0]:.2f}·{name} reached the bar at step {crossing}" if sharpening
+        else f"started at {ratios[0]:.2f}·{name}" + (" (above the bar: the first steps catapult)" if ratios[0] >= 1 - tolerance else "")
     )
     trend = f"train loss {'still falling' if falling else 'not falling'} ({loss_start:.4g} → {loss_end:.4g})"
-    message = f"{head}: {where} (median (λ_max + wd)/(2/η) = {med:.2f}, 2/η = {two:.4g}); {how}; {trend}"
+    message = f"{head}: {where} (median (λ_max + wd)/({name}) = {med:.2f}, {name} = {limit:.4g}); {how}; {trend}"
     return EoSVerdict(
         at_eos=at_eos,
         window_steps=(int(win[0]["step"]), int(win[-1]["step"])),
@@ -224,6 +237,7 @@ def eos_verdict(
         threshold=bar,
         two_over_lr=two,
         weight_decay=weight_decay,
+        momentum=momentum,
         median_ratio=med,
         min_ratio=min(win_ratios),
         max_ratio=max(win_ratios),

@@ -16,8 +16,9 @@
     }
 
 ``sharpness`` is λ_max(H_B) of the step's minibatch; ``two_over_lr`` is 2/η;
-``stability_threshold`` is 2/η − wd, the value λ_max(H_B) must exceed for the SGD step
-with coupled weight decay to be linearly unstable (see :mod:`sdcompress.train.eos`).
+``stability_threshold`` is 2(1 + μ)/η − wd, the value λ_max(H_B) must exceed for the SGD
+step with coupled weight decay wd and momentum μ to be linearly unstable (see
+:mod:`sdcompress.train.eos`).
 """
 
 from __future__ import annotations

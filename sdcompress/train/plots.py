@@ -12,9 +12,9 @@ from sdcompress.train.log import PLOT_FILE, TrainResult
 def plot_training(result: TrainResult) -> Any:
     """A two-panel matplotlib figure of a training log.
 
-    Top: λ_max(H_B) per logged step, the threshold 2/η, the EoS bar (1 − tol)·2/η and,
-    with weight decay, the exact stability threshold 2/η − wd. Bottom: train (fixed
-    subset), minibatch and test loss.
+    Top: λ_max(H_B) per logged step, 2/η, the EoS bar (1 − tol)·2(1 + μ)/η and, with
+    weight decay or momentum, the exact stability threshold 2(1 + μ)/η − wd. Bottom:
+    train (fixed subset), minibatch and test loss.
     """
     # A bare Figure (no pyplot): no global backend or figure registry is touched.
     from matplotlib.figure import Figure
@@ -25,9 +25,10 @@ def plot_training(result: TrainResult) -> Any:
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     ax1.plot(s["step"], s["sharpness"], "o-", ms=3, color="tab:blue", label="λ_max(H_B)")
     ax1.axhline(2 / cfg.lr, color="k", lw=1, label=f"2/η = {2 / cfg.lr:.3g}")
-    ax1.axhline(v.threshold, color="k", lw=1, ls=":", label=f"EoS bar (1 − {cfg.eos_tolerance:g})·2/η")
-    if cfg.weight_decay > 0:
-        ax1.axhline(2 / cfg.lr - cfg.weight_decay, color="tab:red", lw=1, ls="--", label="2/η − wd")
+    limit = "2/η" if cfg.momentum == 0 else "2(1+μ)/η"
+    ax1.axhline(v.threshold - cfg.weight_decay, color="k", lw=1, ls=":", label=f"EoS bar (1 − {cfg.eos_tolerance:g})·{limit} − wd")
+    if cfg.weight_decay > 0 or cfg.momentum > 0:
+        ax1.axhline(2 * (1 + cfg.momentum) / cfg.lr - cfg.weight_decay, color="tab:red", lw=1, ls="--", label=f"{limit} − wd")
     if v.n_points:
         ax1.axvspan(v.window_steps[0], v.window_steps[1], color="0.9", zorder=0, label="verdict window")
     ax1.set_ylabel("sharpness")

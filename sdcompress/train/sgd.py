@@ -101,7 +101,7 @@ def _record(
         "sharpness": sharp.value,
         "sharpness_residual": sharp.residual,
         "two_over_lr": 2.0 / config.lr,
-        "stability_threshold": 2.0 / config.lr - config.weight_decay,
+        "stability_threshold": 2.0 * (1.0 + config.momentum) / config.lr - config.weight_decay,
     }
 
 
@@ -213,7 +213,8 @@ def train_sgd(
         bar.close()
 
     verdict = eos_verdict(
-        records, lr=config.lr, weight_decay=config.weight_decay, window=config.eos_window, tolerance=config.eos_tolerance
+        records, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum, window=config.eos_window,
+        tolerance=config.eos_tolerance,
     )
     result = TrainResult(
         model=loaded.name,
