@@ -60,6 +60,7 @@ def test_save_pretrained_round_trip_gives_identical_outputs(name, tmp_path, pydo
     loaded.model.save_pretrained(tmp_path / "m")
     again = load_model(str(tmp_path / "m"))
     assert again.source == "local" and again.task == loaded.task
+    assert again.tokenizer is None  # byte-level built-ins have no tokenizer, and none is invented
     for (n1, p1), (n2, p2) in zip(loaded.model.named_parameters(), again.model.named_parameters()):
         assert n1 == n2 and torch.equal(p1, p2)
     loaded.model.eval()

@@ -199,18 +199,21 @@ def test_builtins_reach_the_edge_of_stability(eos_runs, name):
     assert all(r["two_over_lr"] == pytest.approx(2 / result.config.lr) for r in log)
 
 
-def test_cached_model_is_the_trained_model(eos_runs):
-    loaded, data, result = eos_runs["mlp"]
-    t, d = EOS_SETTINGS["mlp"]
-    again, data2, result2 = pretrained_builtin("mlp", train_config=t, data_config=d, cache_dir=result.output_dir.parent)
-    assert result2.output_dir == result.output_dir and result2.log == result.log and result2.verdict == result.verdict
-    assert _same_params(_params(again.model), _params(loaded.model))
-    batch = data.test.all()
-    with torch.no_grad():
-        assert torch.equal(again.model(batch[0]), loaded.model(batch[0]))
-    # the logged final test loss is the loaded model's loss on the same fixed test subset
+@pytest.mark.parametrize("name", ["tiny-gpt2", "mlp"])
+def test_cached_model_is_the_trained_model(eos_runs, name):
     from sdcompress.train.eos import evaluate, fixed_subset
 
+    loaded, data, result = eos_runs[name]
+    t, d = EOS_SETTINGS[name]
+    again, data2, result2 = pretrained_builtin(name, train_config=t, data_config=d, cache_dir=result.output_dir.parent)
+    assert result2.output_dir == result.output_dir and result2.log == result.log and result2.verdict == result.verdict
+    assert again.name == name and again.task == loaded.task
+    assert _same_params(_params(again.model), _params(loaded.model))
+    assert again.model.training == loaded.model.training
+    batch = BatchStream(data.test, 8, seed=0).batch(0)
+    with torch.no_grad():
+        assert torch.equal(again.loss(batch), loaded.loss(batch))
+    # the logged final test loss is the cached model's loss on the same fixed test subset
     rows = fixed_subset(data2.test, t.eval_batches * d.batch_size)
     assert evaluate(again, data2.test, rows, d.batch_size)[0] == pytest.approx(result.final_test_loss, rel=1e-6)
 

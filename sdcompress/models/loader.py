@@ -68,15 +68,25 @@ def _builtin(name: str, seed: int, config: dict[str, Any]) -> LoadedModel:
     return LoadedModel(ModularMLP(**config), name, "classification")
 
 
+#: Files of a saved tokenizer; a local folder with none of them has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model")
+
+
 def _hf_from_pretrained(where: str, **kwargs: Any) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(where, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(where, attn_implementation="eager", **kwargs)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None  # folders written from a model alone carry no tokenizer
+    folder = Path(where)
+    if folder.is_dir() and not any((folder / f).exists() for f in TOKENIZER_FILES):
+        # transformers 5 builds an empty (1-token) GPT2Tokenizer from a folder without
+        # tokenizer files instead of failing; such folders (tiny-gpt2, byte-level) have none
+        tokenizer = None
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        except (OSError, ValueError, TypeError):
+            tokenizer = None  # folders written from a model alone carry no tokenizer
     del config
     return model, tokenizer
 

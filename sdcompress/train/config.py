@@ -16,12 +16,12 @@ estimator, 8 SLQ runs × 40 Lanczos steps):
 
     | wd   | SD/d  | train loss | test loss | at EoS |
     | ---- | ----- | ---------- | --------- | ------ |
-    | 0    |  n/m  | 2.49       | 2.43      | yes    |
+    | 0    | 0.993 | 2.49       | 2.43      | yes    |
     | 1e-3 | 0.989 | 2.52       | 2.45      | yes    |
     | 3e-3 | 0.978 | 2.67       | 2.59      | yes    |
     | 1e-2 | 0.563 | 2.87       | 2.79      | yes    |
 
-(n/m: not measured; losses in nats per byte on fixed 64-block subsets, at the last step; at EoS they
+(losses in nats per byte on fixed 64-block subsets, at the last step; at EoS they
 oscillate by ±0.1). Only wd = 1e-2 moves SD well below d, at a cost of ≈ 0.35 nats of
 loss after the same number of steps; on the ``digits`` MLP wd = 1e-2 gave SD/d ≈ 0.56 at
 η = 0.2 in the reference measurements with test accuracy kept (PAPER.md §7). Pass
@@ -41,7 +41,8 @@ Built-in defaults (measured on this project's 2-core CPU machine, one torch thre
 - ``modular-mlp`` on ``modular`` (p = 97): η = 10, batch 64, 12,000 steps, wd = 1e-3
   (η·wd = 1e-2 per step already; wd = 1e-2 would shrink the weights by 10 % a step and
   nothing is learnt). Its loss is very flat at the default initialisation: λ_max + wd
-  creeps from 0.47 to ≈ 0.9 × 2/η by step ≈ 5,000 (the verdict then says "at EoS"), but
+  creeps from 0.47 × 2/η past the 0.8 bar at step ≈ 2,500 and hovers at ≈ 0.9 × 2/η
+  (the verdict says "at EoS"), but
   the train loss only falls from 4.58 (= ln 97) to ≈ 4.45 and test loss rises. About
   20 s. A weak default: η = 3 learns faster (train loss 3.98 after 8,000 steps) but stays
   at 0.38 × 2/η, η = 30 sits at 2 × 2/η without learning. Tuning grokking runs is the job
@@ -68,7 +69,8 @@ class TrainConfig:
     The step map is ``torch.optim.SGD`` with coupled weight decay: with momentum μ = 0,
     w_{t+1} = w_t − η (∇L_{B_t}(w_t) + wd · w_t), B_t the t-th batch of the seeded stream.
     It is linearly stable while λ_max(H_B) + wd < 2/η (the eigenvalues of its Jacobian
-    (1 − η·wd) I − η H_B stay above −1); the EoS verdict compares λ_max(H_B) + wd with 2/η.
+    (1 − η·wd) I − η H_B stay above −1); with momentum μ the bound is 2(1 + μ)/η. The EoS
+    verdict compares λ_max(H_B) + wd with 2(1 + μ)/η (:mod:`sdcompress.train.eos`).
 
     Attributes:
         lr: constant step size η > 0.
