@@ -58,3 +58,32 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path, single: dict) -> N
     # the comparison has teeth: the estimates are not degenerate
     assert 0 < single["ps"]["sd"] < 740 and np.ptp(single["ps"]["exponents"]) > 0.1
     assert all(abs(x) > 1e-6 for x in single["lyapunov"]["exponents"])
+
+
+def test_recipe_under_accelerate_launch_equals_one_process(tmp_path: Path) -> None:
+    """``accelerate launch --multi_gpu --num_processes 2 -m sdcompress recipe`` on CPU: two
+    gloo processes, one run folder written by the main process, the single-process SD."""
+    from sdcompress.recipe import run_recipe
+
+    recipe = str(ROOT / "recipes" / "digits-mlp.yaml")
+    shrink = ["--preset", "smoke", "--set", "model.options.widths=[64, 8, 10]"]
+    env = launcher_env()
+    env["TMPDIR"] = str(tmp_path / "tmp")  # where the other process keeps its private copy
+    (tmp_path / "tmp").mkdir()
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sdcompress"]
+    proc = subprocess.run(
+        [*launch, "recipe", recipe, *shrink, "--output-dir", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data parallel over 2 processes (gloo backend" in proc.stderr
+    assert proc.stdout.count("run folder:") == 1  # one summary: only the main process reports
+    assert not list((tmp_path / "tmp").glob("sdcompress-rank*"))  # the other process's private copy is gone
+    run_recipe(recipe, ["model.options.widths=[64, 8, 10]", f"output.dir={tmp_path / 'one'}"], presets=["smoke"])
+    one, two = (json.loads((tmp_path / d / "estimates.json").read_text()) for d in ("one", "two"))
+    assert one["d"] == two["d"] == 592 and one["n_hvp"] == two["n_hvp"]
+    assert two["sd"] == pytest.approx(one["sd"], rel=1e-6)  # float32 model: sums in another order
+    np.testing.assert_allclose(two["exponents"], one["exponents"], rtol=1e-5, atol=1e-6)
+    r1, r2 = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert r2["params_after"] == r1["params_after"] and r2["test_loss_after"] == pytest.approx(r1["test_loss_after"], rel=1e-6)

@@ -26,8 +26,9 @@ def launch_context(config: Any) -> Iterator[tuple[Any, bool]]:
     ``torch.distributed``, and from then on every Hessian-vector product and gradient of
     the estimator is sharded over the processes and all-reduced
     (:mod:`sdcompress.linalg.distributed`). Only the main process writes into
-    ``output.dir``: the others write into a temporary folder that is deleted afterwards,
-    and log only warnings.
+    ``output.dir``: the others work in a private copy of it (so they resume from the same
+    stage) that is deleted afterwards, and log only warnings. A built-in model is trained
+    into the cache before the process group starts (see :func:`_warm_builtin_cache`).
 
     Yields:
         (the config to run, whether this is the main process).
@@ -43,17 +44,25 @@ def launch_context(config: Any) -> Iterator[tuple[Any, bool]]:
     import torch.distributed as dist
     from accelerate import Accelerator
 
+    use_cpu = getattr(config, "device", None) == "cpu" or not torch.cuda.is_available()
+    _warm_builtin_cache(config, use_cpu)
     owns_group = not dist.is_initialized()
-    accelerator = Accelerator(cpu=getattr(config, "device", None) == "cpu" or not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=use_cpu)
     lib_logger = logging.getLogger("sdcompress")
     old_level = lib_logger.level
     scratch = None
+    output = getattr(config, "output", None)
     if not accelerator.is_main_process:
         lib_logger.setLevel(logging.WARNING)
-        output = getattr(config, "output", None)
-        if output is not None and hasattr(output, "dir"):
+        if output is not None and getattr(output, "dir", None) is not None:
+            # a private copy of the run folder as it is now, so that every process makes the
+            # same resume / refuse decisions and runs the same collectives as the main one
             scratch = tempfile.mkdtemp(prefix=f"sdcompress-rank{accelerator.process_index}-")
-            config = dataclasses.replace(config, output=dataclasses.replace(output, dir=str(Path(scratch) / "run"), overwrite=True))
+            private = Path(scratch) / "run"
+            if Path(output.dir).is_dir():
+                shutil.copytree(output.dir, private, symlinks=True)
+            config = dataclasses.replace(config, output=dataclasses.replace(output, dir=str(private)))
+    accelerator.wait_for_everyone()  # the main process writes only after every copy is made
     log.info("data parallel over %d processes (%s backend, device %s)", size, dist.get_backend(), accelerator.device)
     ok = False
     try:
@@ -67,6 +76,32 @@ def launch_context(config: Any) -> Iterator[tuple[Any, bool]]:
             if ok:  # after a failure the other processes may never get here: no barrier then
                 dist.barrier()
             dist.destroy_process_group()
+
+
+def _warm_builtin_cache(config: Any, use_cpu: bool) -> None:
+    """Train a built-in model into the shared cache *before* ``torch.distributed`` starts.
+
+    The cache is guarded by a file lock. Inside the process group, the process holding
+    the lock would train, and its sharpness measurements (all-reduced Hessian-vector
+    products) would wait for processes that are themselves waiting for the lock: a
+    deadlock. Before the group exists, the first process trains alone and the others
+    load its result when the lock is released.
+    """
+    from sdcompress.models import BUILTIN_MODELS
+
+    model = getattr(config, "model", None)
+    if model is None or model.name not in BUILTIN_MODELS:
+        return
+    folder = getattr(getattr(config, "output", None), "dir", None)
+    if folder is not None and (Path(folder) / "trained").is_dir():
+        return  # resuming: the pipeline loads the run's own copy
+    import torch
+
+    from sdcompress.train import pretrained_builtin
+
+    device = None if use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    pretrained_builtin(model.name, train_config=config.train, data_config=config.data,
+                       model_options=model.options, model_seed=model.seed, device=device)
 
 
 def run_recipe(path: str | Path, overrides: Sequence[str] = (), *, presets: Sequence[str] = ()) -> Any:
