@@ -45,6 +45,12 @@ _EXPORTS: dict[str, str] = {
     # api (load_model here handles compressed folders too)
     "load_model": "sdcompress.api",
     "run_pipeline": "sdcompress.api",
+    # recipes and the fine-tuning callback
+    "load_recipe": "sdcompress.recipe",
+    "dump_recipe": "sdcompress.recipe",
+    "run_recipe": "sdcompress.recipe",
+    "SDCallback": "sdcompress.callback",
+    "SDTracker": "sdcompress.callback",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
