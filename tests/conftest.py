@@ -4,6 +4,7 @@ toolkit's cache points into a temporary folder."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(1)
 
+# One throw-away cache per test session, set at import time so that session- and
+# module-scoped fixtures use it too; pytest-xdist workers inherit it from the controller.
+if "SDCOMPRESS_TEST_CACHE" not in os.environ:
+    os.environ["SDCOMPRESS_TEST_CACHE"] = tempfile.mkdtemp(prefix="sdcompress-test-cache-")
+os.environ["SDCOMPRESS_CACHE"] = os.environ["SDCOMPRESS_TEST_CACHE"]
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SDCOMPRESS_CACHE", str(tmp_path_factory.getbasetemp() / "sdcompress-cache"))

@@ -72,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_for_parser)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s")
+    try:  # transformers' own "Loading weights" bars: our stages show their own progress
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     for noisy in ("transformers", "datasets", "accelerate", "matplotlib", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not args.verbose else logging.WARNING)
     try:
