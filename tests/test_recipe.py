@@ -269,3 +269,12 @@ def test_validate_methods_run_at_load_time(tree: Path) -> None:
     path = _write(tree / "recipes/v.yaml", "train: {lr: -0.5}\n")
     with pytest.raises(ConfigError, match=r"v\.yaml: train: lr must be > 0, got -0\.5"):
         load_recipe(path, cls=WithChecked)
+
+
+def test_presets_from_the_environment(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tree / "configs/quick.yaml", "seed: 11\n")
+    path = _write(tree / "recipes/h.yaml", "seed: 1\n")
+    monkeypatch.setenv("SDCOMPRESS_PRESETS", "small, quick")
+    cfg = load_recipe(path, cls=Run)
+    assert (cfg.seed, cfg.lr) == (11, 1e-3)
+    assert load_recipe(path, ["seed=2"], cls=Run).seed == 2  # --set still wins

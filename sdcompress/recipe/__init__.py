@@ -17,7 +17,9 @@ Resolution order (later wins, mappings merge key by key, lists are replaced):
    A preset file is itself a (partial) recipe and may name presets; a section preset
    may be a whole recipe (its matching section is used) or a bare section;
 2. the recipe's own keys;
-3. ``--set section.key=value`` overrides, parsed by the field's type (``int``,
+3. extra presets: ``--preset NAME`` (``load_recipe(..., presets=[...])``), then those in
+   ``$SDCOMPRESS_PRESETS`` (comma-separated);
+4. ``--set section.key=value`` overrides, parsed by the field's type (``int``,
    ``float``, ``bool``, ``str``, ``None``, ``Literal``, lists, unions such as
    ``int | Literal["auto"]``; a list also takes ``a,b,c``).
 
@@ -30,6 +32,7 @@ from sdcompress.recipe.launch import launch_context, run_recipe
 from sdcompress.recipe.loader import (
     CONFIG_PATH_ENV,
     PRESET_KEYS,
+    PRESETS_ENV,
     RESOLVED_RECIPE_FILE,
     dump_recipe,
     find_preset,
@@ -45,6 +48,7 @@ from sdcompress.recipe.yamlio import dump_yaml, load_yaml_text, read_yaml
 __all__ = [
     "CONFIG_PATH_ENV",
     "PRESET_KEYS",
+    "PRESETS_ENV",
     "RESOLVED_RECIPE_FILE",
     "dump_recipe",
     "dump_yaml",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ T = TypeVar("T")
 RESOLVED_RECIPE_FILE = "resolved_recipe.yaml"
 PRESET_KEYS = ("preset", "presets")
 CONFIG_PATH_ENV = "SDCOMPRESS_CONFIG_PATH"
+PRESETS_ENV = "SDCOMPRESS_PRESETS"
+logger = logging.getLogger(__name__)
 
 
 def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,7 +138,9 @@ def resolve_recipe(
     """The recipe at ``path`` as one plain mapping.
 
     Layers, later winning: the file's own presets, the file, the extra ``presets``
-    (``--preset``, e.g. ``smoke`` for a quick check), the ``overrides`` (``--set``).
+    (``--preset``, e.g. ``smoke`` for a quick check), the presets named in the
+    environment variable ``SDCOMPRESS_PRESETS`` (comma-separated; for running every
+    recipe small, as tests/test_readme.py does), the ``overrides`` (``--set``).
 
     Args:
         path: the YAML recipe.
@@ -149,7 +154,10 @@ def resolve_recipe(
     cls = cls or _run_config_class()
     path = Path(path)
     data = _expand(read_yaml(path), cls, path, "", (path.resolve(),))
-    for name in presets:
+    from_env = [n.strip() for n in os.environ.get(PRESETS_ENV, "").split(",") if n.strip()]
+    if from_env:
+        logger.info("extra presets from $%s: %s", PRESETS_ENV, ", ".join(from_env))
+    for name in [*presets, *from_env]:
         data = _merge(data, _expand({"preset": name}, cls, path, "", (path.resolve(),)))
     for text in overrides:
         keys, value = parse_override(text, cls)
@@ -178,7 +186,7 @@ def load_recipe(
     """
     cls = cls or _run_config_class()
     data = resolve_recipe(path, overrides, presets=presets, cls=cls)
-    label = f"{path} (with presets and --set)" if overrides or presets else str(path)
+    label = f"{path} (with presets and --set)" if overrides or presets or os.environ.get(PRESETS_ENV) else str(path)
     return from_dict(cls, data, source=label)
 
 
