@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 
 #: default SGD steps from the checkpoint of a model that is not built in
 NON_BUILTIN_STEPS = 100
+#: the main job's estimator settings: lighter than EstimateConfig's defaults (32 SLQ runs ×
+#: 80 Lanczos steps, Lyapunov 16 × 100 steps) so that `sdcompress tiny-gpt2` finishes in
+#: minutes on 2 CPU cores; SD and the re-measured SD use the same settings, so they compare.
+MAIN_JOB_ESTIMATE = {"slq_runs": 16, "lanczos_steps": 40, "lyapunov_exponents": 16, "lyapunov_steps": 50, "lyapunov_warmup": 10}
 
 
 def rank_arg(text: str) -> int | str:
@@ -87,7 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the data config's)")
     e = parser.add_argument_group("estimate and evaluation")
     e.add_argument("--method", default=None, choices=["exact", "slq", "kde", "ps", "lyapunov"],
-                   help="SD estimator (default: the estimate config's)")
+                   help="SD estimator (default: the estimate config's, ps). The main job uses "
+                   + ", ".join(f"{k}={v}" for k, v in MAIN_JOB_ESTIMATE.items())
+                   + " (lighter than the config defaults; raise them with --set estimate.KEY=VALUE)")
     e.add_argument("--eval-tolerance", type=float, default=None,
                    help="verdict tolerance in nats when --tolerance is not given (default: the evaluate config's)")
     o = parser.add_argument_group("run")
@@ -123,6 +129,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     for attr, value in (("lr", args.lr), ("weight_decay", args.weight_decay), ("steps", args.steps)):
         if value is not None:
             setattr(cfg.train, attr, value)
+    for key, value in MAIN_JOB_ESTIMATE.items():
+        setattr(cfg.estimate, key, value)
     if args.method is not None:
         cfg.estimate.method = args.method
     target_rank = args.target_rank if args.target_rank is not None else ("off" if args.prune != "off" else "auto")
