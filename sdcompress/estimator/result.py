@@ -37,7 +37,10 @@ class SDEstimate:
         uncertainty: how the interval was made (e.g. "bootstrap 95% over 8 minibatches").
         lower_bound: the running sum never turned negative within the tracked exponents:
             SD ≥ ``sd`` (Lyapunov with m < d).
-        n_neutral: exponents with |λ| below ``neutral_tol`` (the nearly-neutral bulk).
+        n_neutral: exponents within ``neutral_tol`` of ln|1 − η·wd|, the exponent of a
+            zero-curvature direction (|λ| ≤ ``neutral_tol`` without weight decay). Density
+            methods count SLQ mass there; Ritz values resolve the zero atom only to
+            |θ| ≈ 1e-4·max|θ|, so they undercount (see ``extras["mass_near_zero"]``).
         neutral_tol: the tolerance used for ``n_neutral``.
         params: the parameter patterns the estimate was restricted to (``None``: all).
         settings: every knob used (ε, quantiles, bandwidth, runs, steps, batches, seed).
