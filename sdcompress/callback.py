@@ -215,7 +215,7 @@ class SDTracker:
                 from sdcompress.estimator import estimate_sd
 
                 est = estimate_sd(
-                    self.model, batches, lr=eta, weight_decay=self.weight_decay, params=self.params,
+                    self.model, _cycled(batches, self.estimate), lr=eta, weight_decay=self.weight_decay, params=self.params,
                     loss_fn=self.loss_fn, config=self.estimate,
                 )
                 record.update(sd=float(est.sd), sd_over_d=float(est.sd_over_d), d=int(est.d), sd_method=est.method)
@@ -231,6 +231,16 @@ class SDTracker:
         if target is None:
             raise ConfigError("no path to save to: pass one, or give SDTracker a path")
         return write_json_atomic(target, {"records": self.history})
+
+
+def _cycled(batches: list[Batch], config: Any) -> list[Batch]:
+    """The tracking batches repeated to the number the estimator draws (one per SLQ run,
+    exact minibatch or Lyapunov step): the fixed batches are meant to be reused, so the
+    estimator should not warn that it is cycling them."""
+    method = getattr(config, "method", "ps")
+    needed = {"exact": "n_batches", "lyapunov": "lyapunov_steps"}.get(method, "slq_runs")
+    n = max(len(batches), int(getattr(config, needed, len(batches))))
+    return [batches[i % len(batches)] for i in range(n)]
 
 
 def _check_lr(lr: float) -> None:

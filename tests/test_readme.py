@@ -6,8 +6,9 @@
   test_recipe_files.py, with the same small settings).
 - ``torchrun`` / ``accelerate launch`` lines: parsed by the launchers' own parsers; the
   inner command runs with ``--check`` (the launchers are exercised in test_distributed.py).
-- The Quick start's install-and-run lines: the ``sdcompress`` part is parsed and run small;
-  ``pytest -n`` needs pytest-xdist, which must be importable.
+- The Quick start's install-and-run lines (CI runs them verbatim): the ``sdcompress`` part
+  is parsed (the same main job runs small in test_recipe_files.py); ``pytest -n`` needs
+  pytest-xdist, which must be importable.
 - Python blocks run as written, in order, in a scratch folder.
 """
 
@@ -140,18 +141,17 @@ def test_every_shell_command_parses_and_the_cheap_ones_run(scratch: Path, capsys
     assert report.is_file() and (scratch / "runs" / "mlp" / "report.md").is_file()
 
 
-def test_quick_start_commands(scratch: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_start_commands() -> None:
     main_job, tests = quick_start_commands()
     steps = [shlex.split(part) for part in main_job.split("&&")]
     assert steps[0][:3] == ["python3", "-m", "venv"] and "pip" in steps[1][0]
     argv = sdcompress_argv(steps[-1])
     assert argv == ["tiny-gpt2", "--target-rank", "auto"]
-    check_parses(argv)
-    assert main([*small(argv), "--output-dir", "runs/quick"]) == 0
-    capsys.readouterr()
-    assert (scratch / "runs" / "quick" / "report.json").is_file()
+    check_parses(argv)  # the tiny-gpt2 main job itself runs end to end in test_pipeline.py / test_recipe_files.py
     assert tests.split("&&")[-1].split()[-2:] == ["-n", "2"]
-    import xdist  # noqa: F401  (pytest -n needs pytest-xdist, from the dev extra)
+    import importlib.util
+
+    assert importlib.util.find_spec("xdist") is not None  # pytest -n needs pytest-xdist (the dev extra)
 
 
 def test_recipe_lines_resolve_to_what_they_say(scratch: Path) -> None:
