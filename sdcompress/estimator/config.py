@@ -58,7 +58,9 @@ class EstimateConfig:
         hvp_method: ``"auto"`` (fastest measured), ``"vmap"``, ``"loop"`` or
             ``"double-backward"``.
         dtype: ``"model"`` (compute in the model's dtype) or ``"float64"`` (a float64
-            copy of the model and batches; the model itself is never changed).
+            copy of the model and batches; the model itself is never changed). Note that
+            transformers' causal-LM loss casts logits to float32, so for HF language
+            models "float64" is float64 everywhere but in the loss itself.
         max_dense_params: the largest d for which ``"exact"`` forms dense Hessians
             (16,384 → 2 GiB per float64 matrix).
         n_bootstrap: bootstrap replicates of the uncertainty interval (over minibatches
