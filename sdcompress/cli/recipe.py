@@ -24,6 +24,10 @@ EXAMPLES = """examples:
   sdcompress recipe recipes/digits-mlp.yaml --set train.steps=200 --set plan.target_rank=8
   sdcompress recipe recipes/gpt2-wikitext2.yaml --check        # validate, print the resolved recipe
   torchrun --standalone --nproc_per_node 2 -m sdcompress recipe recipes/digits-mlp.yaml
+  accelerate launch --multi_gpu --num_processes 2 -m sdcompress recipe recipes/digits-mlp.yaml
+
+exit codes: 0 success; 2 bad input (one line naming the file, key and fix; -v for a traceback); 130 interrupted
+(rerun the same command to resume).
 """
 
 
@@ -47,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true",
         help="allow an output folder that already holds a run (same as --set output.overwrite=true)",
     )
-    parser.add_argument("--seed", type=int, help="global seed (same as --set seed=N); default: the recipe's")
+    parser.add_argument("--seed", type=int, help="seed of every stage (same as --set seed=N); None: the recipe's own")
     parser.add_argument(
         "--check", action="store_true",
         help="validate the recipe and print the resolved YAML (presets and --set applied); run nothing, write nothing",
