@@ -156,10 +156,10 @@ def test_quick_compression_tie(quick_grid, tmp_path):
     _, out, _ = quick_grid
     cfg = replace(compression_tie.TieConfig(), grid_runs=str(out / "grid_runs.json"))
     payload = compression_tie.run(cfg, tmp_path)
-    rows = payload["runs"]
+    rows = [r for r in payload["runs"] if r["params_fraction"] == 0.5]
     assert len(rows) == len(json.loads((out / "grid_runs.json").read_text())["runs"])
     assert all(r["params_kept"] == pytest.approx(0.5, abs=0.05) for r in rows)
-    assert payload["correlation"]["kendall_sd_vs_delta_test_loss"] == pytest.approx(
+    assert payload["correlation"]["0.5"]["kendall_sd_vs_delta_test_loss"] == pytest.approx(
         kendall_tau([r["sd_exact"] for r in rows], [r["delta_test_loss"] for r in rows]))
     assert (tmp_path / "compression_tie.png").exists()
     with pytest.raises(ConfigError, match="run `python -m sdcompress.experiments.grid` first"):

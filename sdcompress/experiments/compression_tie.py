@@ -1,8 +1,8 @@
 """Experiment 4: does the change in test loss after SD-guided compression track SD?
 
 For every model the grid experiment trained (its checkpoints and exact SD estimates are
-kept under ``runs/experiments/grid``), plan with the SD-guided planner at one fixed
-budget (a fraction of the target modules' parameters; ``below_floor`` so that every
+kept under ``runs/experiments/grid``), plan with the SD-guided planner at fixed
+budgets (fractions of the target modules' parameters; ``below_floor`` so that every
 model is compressed to the same size even when SD ≈ d), apply the plan, and measure the
 test loss again. The same budget with a plain baseline (uniform rank) is measured next
 to it. One correlation: Kendall τ between SD (exact) and Δ test loss over the runs; one
@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sdcompress.data import load_data
@@ -49,7 +50,8 @@ class TieConfig:
         output_dir: where results go.
         grid_runs: the grid experiment's ``grid_runs.json`` (rows with checkpoints).
         axes: which of the grid's axes to use (``grid``: η × batch; ``wd``: weight decay).
-        budget: the planner's budget, e.g. ``{"params_fraction": 0.5}``.
+        params_fractions: budgets (fraction of the target modules' parameters kept); the
+            first is the headline one.
         targets: module patterns to compress (``None``: the planner's default targets).
         baseline: a baseline strategy measured at the same budget (``""``: none).
         train_fraction, data_seed: must match the grid's split.
@@ -59,7 +61,7 @@ class TieConfig:
     output_dir: str = "results/compression_tie"
     grid_runs: str = "results/grid/grid_runs.json"
     axes: list[str] = field(default_factory=lambda: ["grid", "wd"])
-    budget: dict[str, float] = field(default_factory=lambda: {"params_fraction": 0.5})
+    params_fractions: list[float] = field(default_factory=lambda: [0.75, 0.5])
     targets: list[str] | None = None
     baseline: str = "uniform-rank"
     train_fraction: float = 0.5
@@ -73,13 +75,14 @@ class TieConfig:
         return replace(self, grid_runs="runs/experiments/grid-quick/grid_runs.json")
 
 
-def compressed_test_loss(model: torch.nn.Module, estimate, bundle, cfg: TieConfig, strategy: str) -> dict[str, Any]:
-    """Plan at the budget with ``strategy``, compress a copy, return its test metrics."""
+def compressed_test_loss(model: torch.nn.Module, estimate, bundle, cfg: TieConfig, strategy: str, fraction: float) -> dict[str, Any]:
+    """Plan with ``strategy`` to keep ``fraction`` of the target parameters, compress a
+    copy, and return its metrics."""
     from sdcompress.compress import compress_
     from sdcompress.plan import PlanConfig, describe_modules, make_plan, module_statistics
 
     modules = describe_modules(model, cfg.targets)
-    pcfg = PlanConfig(strategy=strategy, budget=dict(cfg.budget), below_floor=True, targets=cfg.targets)
+    pcfg = PlanConfig(strategy=strategy, budget={"params_fraction": fraction}, below_floor=True, targets=cfg.targets)
     stats = module_statistics(model, modules) if strategy != "sd" else None
     plan = make_plan(estimate, modules, pcfg, stats=stats)
     clone = copy.deepcopy(model)
@@ -108,43 +111,46 @@ def run(cfg: TieConfig, out_dir: Path) -> dict[str, Any]:
     for r in runs:
         folder = Path(r["checkpoint"])
         model = load_checkpoint(folder, getattr(torch, cfg.dtype))
-        dtype = next(model.parameters()).dtype
         if bundle is None:
-            bundle = bundle_as(load_data("digits", train_fraction=cfg.train_fraction, seed=cfg.data_seed), dtype)
+            bundle = bundle_as(load_data("digits", train_fraction=cfg.train_fraction, seed=cfg.data_seed), getattr(torch, cfg.dtype))
         estimate = SDEstimate.load(folder, ESTIMATE_FILE)
         before = classification_metrics(model, bundle.test)
-        row: dict[str, Any] = {k: r[k] for k in ("axis", "lr", "batch_size", "weight_decay", "seed")}
-        row.update({"sd_exact": estimate.sd, "sd_over_d": estimate.sd_over_d, "loss_gap": r["loss_gap"],
-                    "test_loss": before["loss"], "test_acc": before["acc"]})
-        sd = compressed_test_loss(model, estimate, bundle, cfg, "sd")
-        row.update({"sd_plan_test_loss": sd["test_loss"], "sd_plan_test_acc": sd["test_acc"],
-                    "delta_test_loss": sd["test_loss"] - before["loss"], "params_kept": sd["params_after"] / sd["params_before"],
-                    "sd_plan_ranks": sd["ranks"]})
-        if cfg.baseline:
-            base = compressed_test_loss(model, estimate, bundle, cfg, cfg.baseline)
-            row.update({"baseline_test_loss": base["test_loss"], "baseline_delta_test_loss": base["test_loss"] - before["loss"],
-                        "baseline_ranks": base["ranks"]})
-        rows.append(row)
-        logger.info("%s lr=%g B=%d wd=%g s=%d: SD/d %.3f, Δ test loss %.4f", row["axis"], row["lr"], row["batch_size"],
-                    row["weight_decay"], row["seed"], row["sd_over_d"], row["delta_test_loss"])
-    corr = {
-        "kendall_sd_vs_delta_test_loss": kendall_tau([r["sd_exact"] for r in rows], [r["delta_test_loss"] for r in rows]),
-        "n_runs": len(rows),
-    }
+        for fraction in cfg.params_fractions:
+            row: dict[str, Any] = {k: r[k] for k in ("axis", "lr", "batch_size", "weight_decay", "seed")}
+            row.update({"params_fraction": fraction, "sd_exact": estimate.sd, "sd_over_d": estimate.sd_over_d,
+                        "loss_gap": r["loss_gap"], "test_loss": before["loss"], "test_acc": before["acc"]})
+            sd = compressed_test_loss(model, estimate, bundle, cfg, "sd", fraction)
+            row.update({"sd_plan_test_loss": sd["test_loss"], "sd_plan_test_acc": sd["test_acc"],
+                        "delta_test_loss": sd["test_loss"] - before["loss"], "params_kept": sd["params_after"] / sd["params_before"],
+                        "sd_plan_ranks": sd["ranks"]})
+            if cfg.baseline:
+                base = compressed_test_loss(model, estimate, bundle, cfg, cfg.baseline, fraction)
+                row.update({"baseline_test_loss": base["test_loss"], "baseline_delta_test_loss": base["test_loss"] - before["loss"],
+                            "baseline_ranks": base["ranks"]})
+            rows.append(row)
+            logger.info("%s lr=%g B=%d wd=%g s=%d, budget %g: SD/d %.3f, Δ test loss %.4f", row["axis"], row["lr"], row["batch_size"],
+                        row["weight_decay"], row["seed"], fraction, row["sd_over_d"], row["delta_test_loss"])
+    corr = {f"{f:g}": correlations([r for r in rows if r["params_fraction"] == f], cfg) for f in cfg.params_fractions}
+    payload = {"config": asdict(cfg), "correlation": corr, "runs": rows, "wall_time_s": time.perf_counter() - start}
+    write_outputs(out_dir, "compression_tie", payload, rows)
+    plots.tie_figure(rows, corr, cfg.params_fractions, out_dir / "compression_tie.png")
+    return payload
+
+
+def correlations(rows: list[dict[str, Any]], cfg: TieConfig) -> dict[str, Any]:
+    """Kendall τ of SD against Δ test loss (all runs and per axis) at one budget."""
+    out: dict[str, Any] = {"kendall_sd_vs_delta_test_loss": kendall_tau([r["sd_exact"] for r in rows], [r["delta_test_loss"] for r in rows]),
+                           "n_runs": len(rows)}
     for axis in cfg.axes:
         sub = [r for r in rows if r["axis"] == axis]
         if len(sub) > 1:
-            corr[f"kendall_sd_vs_delta_test_loss_{axis}"] = kendall_tau([r["sd_exact"] for r in sub], [r["delta_test_loss"] for r in sub])
+            out[f"kendall_sd_vs_delta_test_loss_{axis}"] = kendall_tau([r["sd_exact"] for r in sub], [r["delta_test_loss"] for r in sub])
+    out["median_delta_test_loss"] = float(np.median([r["delta_test_loss"] for r in rows]))
     if cfg.baseline:
-        corr["kendall_sd_vs_baseline_delta"] = kendall_tau([r["sd_exact"] for r in rows], [r["baseline_delta_test_loss"] for r in rows])
-        corr["sd_plan_better_fraction"] = sum(r["delta_test_loss"] < r["baseline_delta_test_loss"] for r in rows) / len(rows)
-    payload = {"config": asdict(cfg), "correlation": corr, "runs": rows, "wall_time_s": time.perf_counter() - start}
-    write_outputs(out_dir, "compression_tie", payload, rows)
-    plots.scatter_figure([r["sd_over_d"] for r in rows], [r["delta_test_loss"] for r in rows], out_dir / "compression_tie.png",
-                         xlabel="SD / d (exact, before compression)", ylabel="Δ test loss after SD-guided compression",
-                         title=f"budget {cfg.budget}; Kendall τ(SD, Δ) = {corr['kendall_sd_vs_delta_test_loss']:+.2f} over {len(rows)} runs",
-                         groups=[f"{r['axis']}" + (f" wd={r['weight_decay']:g}" if r["axis"] == "wd" else "") for r in rows])
-    return payload
+        out["kendall_sd_vs_baseline_delta"] = kendall_tau([r["sd_exact"] for r in rows], [r["baseline_delta_test_loss"] for r in rows])
+        out["sd_plan_better_fraction"] = sum(r["delta_test_loss"] < r["baseline_delta_test_loss"] for r in rows) / len(rows)
+        out["median_baseline_delta_test_loss"] = float(np.median([r["baseline_delta_test_loss"] for r in rows]))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,3 +136,25 @@ def scatter_figure(x: Sequence[float], y: Sequence[float], path: Path, *, xlabel
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
+
+
+def tie_figure(rows: Sequence[dict[str, Any]], corr: dict[str, Any], fractions: Sequence[float], path: Path) -> Path:
+    """Δ test loss after SD-guided compression against SD/d, one panel per budget."""
+    fig, axes = plt.subplots(1, len(fractions), figsize=(4.6 * len(fractions), 3.8), squeeze=False)
+    groups = sorted({_tie_group(r) for r in rows})
+    for ax, f in zip(axes[0], fractions):
+        sub = [r for r in rows if r["params_fraction"] == f]
+        for k, g in enumerate(groups):
+            pts = [r for r in sub if _tie_group(r) == g]
+            ax.scatter([r["sd_over_d"] for r in pts], [r["delta_test_loss"] for r in pts], s=20, color=f"C{k}", label=g)
+        c = corr[f"{f:g}"]
+        ax.set_title(f"keep {f:g} of target params: τ(SD, Δ) = {c['kendall_sd_vs_delta_test_loss']:+.2f}", fontsize=9)
+        ax.set_xlabel("SD / d (exact, before compression)")
+        ax.set_ylabel("Δ test loss (SD-guided plan)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)
+
+
+def _tie_group(r: dict[str, Any]) -> str:
+    return "η × B grid" if r["axis"] == "grid" else f"wd = {r['weight_decay']:g}"
