@@ -216,8 +216,12 @@ def recipe_from_text(text: str, *, cls: type[T] | None = None, source: str = "<t
 
 def save_resolved_recipe(config: Any, folder: str | Path, *, source: str | None = None) -> Path:
     """Write ``resolved_recipe.yaml`` (the full config, every default spelled out) into ``folder``."""
-    from sdcompress import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    header = f"resolved recipe (sdcompress {__version__})" + (f" from {source}" if source else "")
+    try:
+        release = version("sdcompress")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        release = "source"
+    header = f"resolved recipe (sdcompress {release})" + (f" from {source}" if source else "")
     header += "\nrerun with: sdcompress recipe resolved_recipe.yaml"
     return write_text_atomic(Path(folder) / RESOLVED_RECIPE_FILE, dump_recipe(config, header=header))
