@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
-import math
 import sys
 import time
 from dataclasses import replace

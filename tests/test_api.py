@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-import sdcompress
 from sdcompress.estimator.result import SDEstimate
 
 

@@ -19,7 +19,7 @@ from sdcompress.compress import CompressionReport, compress_, load_compressed, s
 from sdcompress.data import BatchStream, DatasetBundle
 from sdcompress.estimator import estimate_sd
 from sdcompress.estimator.result import SDEstimate
-from sdcompress.evaluate import EvalConfig, EvalReport, evaluate, measure_sd, verdict
+from sdcompress.evaluate import EvalReport, evaluate, measure_sd, verdict
 from sdcompress.io import write_json_atomic
 from sdcompress.models import BUILTIN_MODELS, LoadedModel, load_model
 from sdcompress.pipeline.config import RunConfig

@@ -18,7 +18,6 @@ The knob (ρ, τ, kept fraction) is set by bisection to the largest plan within 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 from sdcompress.errors import ConfigError, PlanError
