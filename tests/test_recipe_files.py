@@ -29,7 +29,7 @@ SHRINK = {
 
 def test_the_expected_recipes_ship() -> None:
     assert {p.stem for p in RECIPES} >= {*OFFLINE, "gpt2-wikitext2"}
-    assert {p.stem for p in PRESETS} >= {"cpu-small", "estimator-fast", "smoke"}
+    assert {p.stem for p in PRESETS} >= {"cpu-small", "estimator-fast", "estimator-main", "smoke"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -49,6 +49,25 @@ def test_recipe_loads_validates_and_round_trips(path: Path) -> None:
                 if key not in ("preset", "presets"):
                     got = getattr(getattr(cfg, section), key)
                     assert got == value or got == type(got)(value), (section, key)
+
+
+@pytest.mark.parametrize(("recipe", "model"), [("tiny-gpt2", "tiny-gpt2"), ("digits-mlp", "mlp"), ("modular-grokking", "modular-mlp")])
+def test_offline_recipes_train_and_estimate_like_the_main_job(recipe: str, model: str) -> None:
+    """The recipes must not drift from `sdcompress MODEL --target-rank auto`; tiny-gpt2's is that job exactly."""
+    from sdcompress.cli.main import build_parser
+    from sdcompress.cli.run import config_from_args
+    from sdcompress.recipe import to_dict
+
+    argv = [model, "--target-rank", "auto"]
+    parser, _ = build_parser(argv)
+    cli = config_from_args(parser.parse_args(argv))
+    cfg = load_recipe(ROOT / "recipes" / f"{recipe}.yaml")
+    assert cfg.train == cli.train and cfg.estimate == cli.estimate and cfg.plan == cli.plan
+    assert cfg.data.batch_size == cli.data.batch_size and cfg.data.name == cli.data.name
+    if recipe == "tiny-gpt2":
+        mine, theirs = to_dict(cfg), to_dict(cli)
+        mine.pop("output"), theirs.pop("output")
+        assert mine == theirs
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
