@@ -25,7 +25,9 @@ Resolution order (later wins, mappings merge key by key, lists are replaced):
 
 The machinery is generic over nested dataclasses (:func:`from_dict`, :func:`to_dict`,
 :func:`parse_override`), so it is tested on small stand-ins as well as on RunConfig.
-YAML floats follow YAML 1.2 (``1e-3`` is a float, not the string PyYAML 1.1 makes of it).
+Scalars follow YAML 1.2 (``1e-3`` is a float, ``off``/``yes`` are strings; PyYAML alone
+reads YAML 1.1), see :mod:`sdcompress.recipe.yamlio`. Data-parallel runs under
+``torchrun`` / ``accelerate launch``: :mod:`sdcompress.recipe.launch`.
 """
 
 from sdcompress.recipe.launch import launch_context, run_recipe
