@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("sdcompress.cli.report", "re-render report.md and plots of a finished run folder"),
 }
 PIPELINE_MODULE = "sdcompress.cli.run"
+_GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sdcompress.errors import SdcompressError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # global flags may come before a subcommand: `sdcompress -q recipe FILE`
+    lead = 0
+    while lead < len(argv) and argv[lead] in _GLOBAL_FLAGS:
+        lead += 1
+    if 0 < lead < len(argv) and argv[lead] in SUBCOMMANDS:
+        argv = argv[lead:] + argv[:lead]
     args_for_parser = argv[1:] if argv and argv[0] in SUBCOMMANDS else argv
     parser, module = build_parser(argv)
     args = parser.parse_args(args_for_parser)

@@ -340,7 +340,8 @@ def block_bootstrap_dimension(
     Returns:
         ((low, high), stderr, n_blocks_used): the interval, the standard error of each
         exponent (QR order) from the spread of block means, and the number of blocks.
-        With fewer than 2 blocks the interval is (nan, nan) and the errors are nan.
+        With fewer than 2 blocks the interval is (nan, nan) and the errors are nan; with
+        ``n_boot < 1`` the interval is (nan, nan).
     """
     n, m = log_stretch.shape
     b = min(n_blocks, n)
@@ -349,6 +350,8 @@ def block_bootstrap_dimension(
     length = n // b
     means = log_stretch[: b * length].reshape(b, length, m).mean(axis=1)  # (b, m)
     stderr = means.std(axis=0, ddof=1) / math.sqrt(b)
+    if n_boot < 1:  # no replicates asked for: errors only, no interval
+        return (float("nan"), float("nan")), stderr, b
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, b, size=(n_boot, b))
     reps = means[picks].mean(axis=1)  # (n_boot, m)
