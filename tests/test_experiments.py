@@ -179,15 +179,22 @@ def test_quick_eos_sweep(tmp_path):
     assert (tmp_path / "eos_mlp-gd.png").exists() and (tmp_path / "eos.csv").exists()
 
 
-def test_quick_grokking_and_transition_logic(tmp_path):
+def test_quick_grokking_and_transition_logic(tmp_path, monkeypatch):
     payload = grokking.run(grokking.GrokConfig().quick(), tmp_path)
     rows = json.loads((tmp_path / "grokking_relu-sgd-wd.json").read_text())["rows"]
+    # a rerun with the same variant and settings rebuilds the analysis from the saved rows
+    monkeypatch.setattr(grokking, "run_variant", lambda *a, **k: pytest.fail("retrained a finished variant"))
+    again = grokking.run(grokking.GrokConfig().quick(), tmp_path)
+    assert again["summary"] == json.loads(json.dumps(payload["summary"]))
     assert [r["step"] for r in rows] == grokking.checkpoint_steps(6, 3, 2) == [0, 2, 6]
     assert "relu-sgd-wd" in payload["summary"]
     fake = [{"step": s, "train_acc": a, "test_acc": b, "sd_over_d": sd, "hess_trace": 1.0, "hess_top": 1.0}
             for s, a, b, sd in [(0, 0.1, 0.0, 0.9), (10, 1.0, 0.0, 0.8), (20, 1.0, 0.5, 0.5), (40, 1.0, 0.95, 0.6)]]
     t = grokking.transition(fake, 0.99, 0.9)
-    assert (t["memorised_step"], t["generalised_step"]) == (10, 40)
-    assert t["sd_dropped"] and t["sd_over_d_min_in_transition"] == 0.5
+    assert (t["memorised_step"], t["end_step"], t["generalised_reached"]) == (10, 40, True)
+    assert t["sd_dropped"] and (t["sd_over_d_min_in_window"], t["sd_over_d_min_step"]) == (0.5, 20)
     assert t["sd_over_d_relative_change"] == pytest.approx((0.6 - 0.8) / 0.8)
+    assert t["midpoint_step"] == 20 and t["kendall_sd_vs_test_acc_in_window"] == pytest.approx(-1 / 3)
+    never = grokking.transition(fake, 0.99, 0.99)  # test accuracy never reaches 0.99: the window ends at the last checkpoint
+    assert (never["end_step"], never["generalised_reached"]) == (40, False)
     assert len(grokking.checkpoint_steps(40_000, 50, 50)) == 50

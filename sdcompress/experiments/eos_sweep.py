@@ -149,7 +149,10 @@ def run_series(s: SeriesConfig, eos_fraction: float) -> tuple[list[dict[str, Any
         row.update({"diverged": False, "train_time_s": fit.wall_time_s, "final_sharpness": trace["sharpness"][-1],
                     "mean_late_sharpness": sum(tail) / len(tail), "final_loss": trace["loss"][-1]})
         row["eos_ratio"] = row["mean_late_sharpness"] * lr / 2.0
-        row["at_eos"] = row["eos_ratio"] >= eos_fraction
+        # a run whose curvature vanished (dead ReLUs: constant output, H = 0) is not at EoS;
+        # its SD = d is trivial (every exponent is ln 1 = 0)
+        row["collapsed"] = abs(trace["sharpness"][-1]) < 1e-3 * abs(trace["sharpness"][0])
+        row["at_eos"] = row["eos_ratio"] >= eos_fraction and not row["collapsed"]
         batches = eval_stream(train, s.batch_size, s.seed)
         row.update(sd_measures(model, batches, lr=lr, weight_decay=s.weight_decay, s=s.measures)[0])
         method = s.measures.methods[0]

@@ -177,7 +177,7 @@ def run(cfg: GridConfig, out_dir: Path) -> dict[str, Any]:
     payload = {"config": asdict(cfg), "table": table, "wd_table": wd_table, "summary": summary,
                "wall_time_s": time.perf_counter() - start}
     write_outputs(out_dir, "grid_table", payload, table)
-    write_text_atomic(out_dir / "grid_table.md", markdown_report(table, wd_rows, summary))
+    write_text_atomic(out_dir / "grid_table.md", markdown_report(table, wd_rows, summary, wd_table))
     from sdcompress.experiments import plots
 
     plots.grid_figures(grid_rows, wd_rows, table, out_dir)
@@ -207,16 +207,30 @@ def summarize(grid_rows: list[dict[str, Any]], wd_rows: list[dict[str, Any]], ta
     return out
 
 
-def markdown_report(table: list[dict[str, Any]], wd_rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    """The correlation table and the weight-decay table as Markdown."""
+def markdown_report(table: list[dict[str, Any]], wd_rows: list[dict[str, Any]], summary: dict[str, Any],
+                    wd_table: list[dict[str, Any]] | None = None) -> str:
+    """The correlation tables, the plain verdict and the weight-decay table as Markdown.
+
+    A measure that bounds the generalization gap should rise with it: higher τ is better,
+    and a negative τ means the measure moves *against* the gap.
+    """
     psi_cols = [k for k in (table[0] if table else {}) if k.startswith("psi_")]
-    lines = ["| measure | gap | Kendall τ | " + " | ".join(psi_cols) + " |", "|---" * (3 + len(psi_cols)) + "|"]
+    lines = ["### η × batch-size grid (weight decay 0)", "",
+             "| measure | gap | Kendall τ | " + " | ".join(psi_cols) + " |", "|---" * (3 + len(psi_cols)) + "|"]
     for r in table:
         lines.append(f"| {r['measure']} | {r['gap']} | {r['tau']:+.3f} | " + " | ".join(f"{r[c]:+.3f}" for c in psi_cols) + " |")
     lines.append("")
+    tau = {(r["measure"], r["gap"]): r["tau"] for r in table}
     for gap, beats in summary.get("sd_exact_beats_on_tau", {}).items():
-        said = ", ".join(f"{'beats' if b else 'does NOT beat'} {k}" for k, b in beats.items())
-        lines.append(f"- exact SD vs {gap}: {said} (Kendall τ over all runs).")
+        t_sd = tau[("sd_exact", gap)]
+        sign = "positive (SD rises with the gap)" if t_sd > 0 else "negative (SD falls as the gap grows)"
+        said = "; ".join(f"{'higher' if b else 'lower'} than {k} ({tau[(k, gap)]:+.3f})" for k, b in beats.items())
+        verdict = "SD beats λ_1 and trace" if beats.get("lambda_1") and beats.get("hess_trace") else "SD does NOT beat both λ_1 and trace"
+        lines.append(f"- {gap}: exact SD τ = {t_sd:+.3f}, {sign}; {said}. **{verdict} on Kendall τ here.**")
+    if wd_table:
+        lines += ["", "### weight-decay axis (η, batch fixed; 3 seeds)", "", "| measure | gap | Kendall τ | ψ over wd |", "|---|---|---|---|"]
+        for r in wd_table:
+            lines.append(f"| {r['measure']} | {r['gap']} | {r['tau']:+.3f} | {r['psi_weight_decay']:+.3f} |")
     if wd_rows:
         lines += ["", "| wd | seed | SD/d (exact) | test acc | loss gap | acc gap |", "|---|---|---|---|---|---|"]
         for r in wd_rows:

@@ -9,7 +9,8 @@ For momentum the step Jacobian is the plain-SGD proxy (1 − η·wd) I − η H,
 
 The transition is read off the curves: it starts when the model has memorised the
 training set (train accuracy ≥ ``memorised_acc``) and ends when it generalises (test
-accuracy ≥ ``generalised_acc``). "Does SD drop?" compares SD/d at those two checkpoints;
+accuracy ≥ ``generalised_acc``, or at the last checkpoint if it never does). "Does SD
+drop?" compares SD/d at those two checkpoints and reports its minimum in between;
 Kendall τ over checkpoints says how each measure tracks the gap.
 
 Run: ``python -m sdcompress.experiments.grokking [--config recipes/experiments/grokking.yaml] [--quick]``.
@@ -116,23 +117,39 @@ def checkpoint_steps(total: int, n: int, first: int) -> list[int]:
 def transition(rows: list[dict[str, Any]], memorised: float, generalised: float) -> dict[str, Any]:
     """Where memorisation and generalisation happen and what SD/d, trace and sharpness do.
 
+    The window runs from the first checkpoint with train accuracy ≥ ``memorised`` to the
+    first later one with test accuracy ≥ ``generalised``, or to the last checkpoint when
+    the run never gets there (``generalised_reached`` says which; never a silent cut).
+
     Returns:
-        ``memorised_step``/``generalised_step`` (first checkpoints past each threshold,
-        ``None`` if never), the measures at both, their relative change, and whether SD
-        dropped (SD/d lower at generalisation than at memorisation).
+        ``memorised_step``, ``end_step``, ``generalised_reached``, ``final_test_acc``; the
+        measures at both ends and their relative change; ``sd_dropped`` (SD/d lower at the
+        end than at memorisation); the minimum of SD/d in the window and where it is;
+        ``midpoint_step`` (first test accuracy ≥ half the final one) and SD/d there; and
+        Kendall τ of SD/d against test accuracy over the window.
     """
     mem = next((r for r in rows if r["train_acc"] >= memorised), None)
-    gen = next((r for r in rows if mem is not None and r["step"] >= mem["step"] and r["test_acc"] >= generalised), None)
-    out: dict[str, Any] = {"memorised_step": mem["step"] if mem else None, "generalised_step": gen["step"] if gen else None}
-    if mem and gen:
-        for key in ("sd_over_d", "hess_trace", "hess_top"):
-            a, b = mem.get(key, math.nan), gen.get(key, math.nan)
-            out[f"{key}_at_memorised"], out[f"{key}_at_generalised"] = a, b
-            out[f"{key}_relative_change"] = (b - a) / abs(a) if a else math.nan
-        out["sd_dropped"] = bool(out["sd_over_d_at_generalised"] < out["sd_over_d_at_memorised"])
-        window = [r for r in rows if mem["step"] <= r["step"] <= gen["step"]]
-        out["sd_over_d_min_in_transition"] = min(r["sd_over_d"] for r in window)
-        out["n_checkpoints_in_transition"] = len(window)
+    out: dict[str, Any] = {"memorised_step": mem["step"] if mem else None, "final_test_acc": rows[-1]["test_acc"] if rows else None}
+    if mem is None:
+        return out
+    after = [r for r in rows if r["step"] >= mem["step"]]
+    gen = next((r for r in after if r["test_acc"] >= generalised), None)
+    end = gen or after[-1]
+    out.update({"end_step": end["step"], "generalised_reached": gen is not None})
+    for key in ("sd_over_d", "hess_trace", "hess_top"):
+        a, b = mem.get(key, math.nan), end.get(key, math.nan)
+        out[f"{key}_at_memorised"], out[f"{key}_at_end"] = a, b
+        out[f"{key}_relative_change"] = (b - a) / abs(a) if a else math.nan
+    out["sd_dropped"] = bool(out["sd_over_d_at_end"] < out["sd_over_d_at_memorised"])
+    window = [r for r in after if r["step"] <= end["step"]]
+    low = min(window, key=lambda r: r["sd_over_d"])
+    out.update({"sd_over_d_min_in_window": low["sd_over_d"], "sd_over_d_min_step": low["step"],
+                "sd_over_d_min_test_acc": low["test_acc"], "n_checkpoints_in_window": len(window)})
+    mid = next((r for r in window if r["test_acc"] >= 0.5 * end["test_acc"]), None)
+    if mid is not None:
+        out["midpoint_step"], out["sd_over_d_at_midpoint"] = mid["step"], mid["sd_over_d"]
+    if len(window) > 1:
+        out["kendall_sd_vs_test_acc_in_window"] = kendall_tau([r["sd_over_d"] for r in window], [r["test_acc"] for r in window])
     return out
 
 
@@ -158,29 +175,52 @@ def run_variant(cfg: GrokConfig, v: GrokVariant, bundle) -> dict[str, Any]:
 
     settings = SGDSettings(lr=v.lr, batch_size=v.batch_size, weight_decay=v.weight_decay, momentum=v.momentum, seed=v.seed, max_steps=v.steps)
     fit = fit_sgd(model, bundle.train, settings, hook=hook, hook_steps=steps)
-    trans = transition(rows, cfg.memorised_acc, cfg.generalised_acc)
+    return analyse(cfg, {"variant": asdict(v), "settings": _settings(cfg), "rows": rows, "train_time_s": fit.wall_time_s,
+                         "d": rows[0].get("d") if rows else None})
+
+
+def _settings(cfg: GrokConfig) -> dict[str, Any]:
+    """What, besides the variant, decides a variant's checkpoint rows."""
+    return {"p": cfg.p, "train_fraction": cfg.train_fraction, "data_seed": cfg.data_seed, "n_checkpoints": cfg.n_checkpoints,
+            "first_checkpoint": cfg.first_checkpoint, "measures": asdict(cfg.measures)}
+
+
+def analyse(cfg: GrokConfig, res: dict[str, Any]) -> dict[str, Any]:
+    """Add the transition and Kendall τ over checkpoints (measure vs gap) to a result."""
+    rows = res["rows"]
     taus = {}
     for key in ("sd_over_d", "hess_trace", "hess_top"):
         for gap in ("acc_gap", "loss_gap"):
             vals = [(r[key], r[gap]) for r in rows if math.isfinite(r.get(key, math.nan))]
             taus[f"{key}~{gap}"] = kendall_tau([a for a, _ in vals], [b for _, b in vals]) if len(vals) > 1 else math.nan
-    return {"variant": asdict(v), "rows": rows, "transition": trans, "kendall_over_checkpoints": taus,
-            "train_time_s": fit.wall_time_s, "d": rows[0].get("d") if rows else None}
+    return {**res, "transition": transition(rows, cfg.memorised_acc, cfg.generalised_acc), "kendall_over_checkpoints": taus}
 
 
 def run(cfg: GrokConfig, out_dir: Path) -> dict[str, Any]:
-    """All variants; writes ``grokking_<name>.json/.csv/.png`` and ``grokking.json``."""
+    """All variants; writes ``grokking_<name>.json/.csv/.png`` and ``grokking.json``.
+
+    A variant whose ``grokking_<name>.json`` already holds rows for the same variant and
+    settings is not retrained: its analysis, table and figure are rebuilt from those rows
+    (so adding a variant to the recipe runs only the new one).
+    """
+    import json
+
     from sdcompress.experiments import plots
 
     start = time.perf_counter()
     bundle = load_data("modular", p=cfg.p, train_fraction=cfg.train_fraction, seed=cfg.data_seed)
     results = []
     for v in cfg.variants:
-        res = run_variant(cfg, v, bundle)
+        path = out_dir / f"grokking_{v.name}.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        if old.get("variant") == asdict(v) and old.get("settings") == json.loads(json.dumps(_settings(cfg))):
+            res = analyse(cfg, old)
+        else:
+            res = run_variant(cfg, v, bundle)
         results.append(res)
         write_outputs(out_dir, f"grokking_{v.name}", res, res["rows"])
         plots.grokking_figure(res["rows"], out_dir / f"grokking_{v.name}.png",
-                              f"{v.name}: (a+b) mod {cfg.p}, hidden {v.hidden}, η={v.lr:g}, wd={v.weight_decay:g}, momentum={v.momentum:g}")
+                              f"{v.name}: (a+b) mod {cfg.p}, hidden {v.hidden}, η={v.lr:g}, wd={v.weight_decay:g}, momentum={v.momentum:g}", lr=v.lr)
     summary = {r["variant"]["name"]: {"transition": r["transition"], "kendall_over_checkpoints": r["kendall_over_checkpoints"],
                                       "d": r["d"], "train_time_s": r["train_time_s"]} for r in results}
     payload = {"config": asdict(cfg), "summary": summary, "wall_time_s": time.perf_counter() - start}

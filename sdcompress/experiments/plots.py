@@ -87,7 +87,7 @@ def eos_figure(traces: Sequence[dict[str, Any]], finals: Sequence[dict[str, Any]
     ax[0].legend(fontsize=7)
     by_key: dict[str, list[tuple[float, float, bool]]] = {}
     for f in finals:
-        by_key.setdefault(f["series"], []).append((f["lr"], f["sd_over_d"], f["eos_ratio"] >= 1.0))
+        by_key.setdefault(f["series"], []).append((f["lr"], f["sd_over_d"], bool(f.get("at_eos", f["eos_ratio"] >= 1.0))))
     for name, pts in by_key.items():
         pts.sort()
         ax[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
@@ -97,14 +97,17 @@ def eos_figure(traces: Sequence[dict[str, Any]], finals: Sequence[dict[str, Any]
     ax[1].set_xscale("log")
     ax[1].set_xlabel("learning rate η")
     ax[1].set_ylabel("SD / d (red ring: at EoS)")
+    for f in finals:
+        if f.get("collapsed"):
+            ax[1].annotate("collapsed", (f["lr"], f["sd_over_d"]), fontsize=7, textcoords="offset points", xytext=(-20, -12))
     ax[1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
 
 
-def grokking_figure(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
-    """Accuracy, SD/d, trace and sharpness over training steps (log x)."""
+def grokking_figure(rows: Sequence[dict[str, Any]], path: Path, title: str, lr: float | None = None) -> Path:
+    """Accuracy, SD/d, trace and sharpness over training steps (log x); 2/η dotted."""
     steps = np.array([max(r["step"], 1) for r in rows])
     fig, ax = plt.subplots(4, 1, figsize=(7, 9), sharex=True)
     ax[0].plot(steps, [r["train_acc"] for r in rows], label="train")
@@ -114,6 +117,9 @@ def grokking_figure(rows: Sequence[dict[str, Any]], path: Path, title: str) -> P
     for k, (key, lab) in enumerate((("sd_over_d", "SD / d"), ("hess_trace", "Hessian trace"), ("hess_top", "top eigenvalue")), start=1):
         ax[k].plot(steps, [r.get(key, np.nan) for r in rows], marker=".", ms=3)
         ax[k].set_ylabel(lab)
+    if lr:
+        ax[3].axhline(2.0 / lr, color="gray", ls=":", lw=1, label="2/η")
+        ax[3].legend(fontsize=8)
     ax[3].set_xscale("log")
     ax[3].set_xlabel("step")
     fig.suptitle(title, fontsize=10)
