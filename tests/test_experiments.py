@@ -95,7 +95,15 @@ def test_recipes_load_strictly():
         load_config(grid.GridConfig, None, ["lrss=[0.1]"])
 
 
-def test_quick_grid_writes_table_and_exact_sd_matches_dense_reference(quick_grid):
+def test_quick_grid_rerun_and_compression_tie(quick_grid, tmp_path):
+    """One test on purpose: the quick grid is the expensive part, and under ``pytest -n 2``
+    a session fixture shared by several tests would run once per worker."""
+    _check_quick_grid_table_and_dense_reference(quick_grid)
+    _check_quick_grid_is_deterministic(quick_grid)
+    _check_quick_compression_tie(quick_grid, tmp_path)
+
+
+def _check_quick_grid_table_and_dense_reference(quick_grid):
     cfg, out, payload = quick_grid
     runs = json.loads((out / "grid_runs.json").read_text())["runs"]
     assert len(runs) == len(cfg.lrs) * len(cfg.batch_sizes) * len(cfg.seeds) + len(cfg.wd_values) * len(cfg.wd_seeds)
@@ -126,7 +134,7 @@ def test_quick_grid_writes_table_and_exact_sd_matches_dense_reference(quick_grid
     assert row["hess_trace"] == pytest.approx(float(full.sum()), rel=1e-9)
 
 
-def test_quick_grid_is_deterministic(quick_grid):
+def _check_quick_grid_is_deterministic(quick_grid):
     cfg, out, _ = quick_grid
     runs = json.loads((out / "grid_runs.json").read_text())["runs"]
     first = runs[0]
@@ -152,7 +160,7 @@ def test_shared_slq_measure_equals_separate_estimates():
         assert shared[m].sd == alone.sd
 
 
-def test_quick_compression_tie(quick_grid, tmp_path):
+def _check_quick_compression_tie(quick_grid, tmp_path):
     _, out, _ = quick_grid
     cfg = replace(compression_tie.TieConfig(), grid_runs=str(out / "grid_runs.json"))
     payload = compression_tie.run(cfg, tmp_path)

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from sdcompress.data import ArrayDataset, BatchStream, DatasetBundle
-from sdcompress.data.core import Batch
 from sdcompress.errors import ConfigError, DivergenceError
 from sdcompress.io import write_json_atomic, write_text_atomic
 from sdcompress.models import model_loss

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from sdcompress.data import load_data
+from sdcompress.data import DatasetBundle, load_data
 from sdcompress.experiments.common import (
     SGDSettings,
     bundle_as,
@@ -103,7 +103,7 @@ class GridConfig:
 QUICK_ESTIMATOR: dict[str, Any] = {"slq_runs": 2, "lanczos_steps": 10, "n_bootstrap": 0, "n_quantiles": 50}
 
 
-def run_one(cfg: GridConfig, bundle, *, lr: float, batch_size: int, seed: int, weight_decay: float, max_epochs: int, target: float | None) -> dict[str, Any]:
+def run_one(cfg: GridConfig, bundle: DatasetBundle, *, lr: float, batch_size: int, seed: int, weight_decay: float, max_epochs: int, target: float | None) -> dict[str, Any]:
     """Train one model and measure it; returns one row of the results table."""
     dtype = getattr(torch, cfg.dtype)
     model = load_model("mlp", seed=seed, widths=tuple(cfg.widths), bias=False).model.to(dtype)

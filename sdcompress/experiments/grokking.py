@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from sdcompress.data import load_data
+from sdcompress.data import DatasetBundle, load_data
 from sdcompress.experiments.common import (
     SGDSettings,
     eval_stream,
@@ -153,7 +153,7 @@ def transition(rows: list[dict[str, Any]], memorised: float, generalised: float)
     return out
 
 
-def run_variant(cfg: GrokConfig, v: GrokVariant, bundle) -> dict[str, Any]:
+def run_variant(cfg: GrokConfig, v: GrokVariant, bundle: DatasetBundle) -> dict[str, Any]:
     """Train one variant, measuring at every checkpoint."""
     loaded = load_model("modular-mlp", seed=v.seed, p=cfg.p, hidden=v.hidden, activation=v.activation)
     model = loaded.model
