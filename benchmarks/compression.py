@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import sys
 import time
@@ -125,6 +126,7 @@ def markdown(results: list[dict], budgets: list[float]) -> str:
         lines += [f"## {r['model']} on {r['dataset']}", "",
                   f"d = {r['d']:,}, SD = {r['sd']:.1f} (SD/d = {r['sd_over_d']:.3f}), Lyapunov D = {r['lyapunov_sd']:.1f} "
                   f"(m = {r['lyapunov_m']}), η = {r['lr']}, wd = {r['weight_decay']}, at EoS: {r['at_eos']}; "
+                  f"estimator: {r.get('estimator', '?')}; "
                   f"dense test loss {r['base_test_loss']:.4f}"
                   + (f", accuracy {r['base_test_accuracy']:.3f}" if r["base_test_accuracy"] is not None else "") + ".", ""]
         lines += ["| method | " + " | ".join(f"{b:.0%}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
@@ -183,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="ps", choices=["exact", "slq", "kde", "ps"])
     p.add_argument("--output", default="results/compression")
     p.add_argument("--quick", action="store_true", help="tiny estimator and training settings (a smoke test, not results)")
+    p.add_argument("--light", action="store_true",
+                   help="the main job's lighter estimator settings (16 SLQ runs × 40 steps, Lyapunov 16 × 50) instead of the defaults")
+    p.add_argument("--append", action="store_true", help="merge into an existing compression.json (same budgets), replacing the models run now")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("transformers", "matplotlib"):
@@ -192,10 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         est_cfg = replace(est_cfg, slq_runs=4, lanczos_steps=20, n_bootstrap=20, lyapunov_steps=10, lyapunov_warmup=2,
                           lyapunov_exponents=4)
+    if args.light:
+        from sdcompress.cli.run import MAIN_JOB_ESTIMATE
+
+        est_cfg = replace(est_cfg, **MAIN_JOB_ESTIMATE)
     results = [run_setting(m, args.budgets, est_cfg, args.quick) for m in args.models]
+    for r in results:
+        r["estimator"] = "light (main job)" if args.light else "quick" if args.quick else "EstimateConfig defaults"
     out = Path(args.output)
-    payload = {"budgets": args.budgets, "method": args.method, "quick": args.quick, "torch": torch.__version__,
-               "results": results}
+    if args.append and (out / "compression.json").is_file():
+        old = json.loads((out / "compression.json").read_text())
+        if old.get("budgets") != args.budgets:
+            raise SystemExit(f"--append: {out / 'compression.json'} has budgets {old.get('budgets')}, not {args.budgets}")
+        results = [r for r in old["results"] if r["model"] not in args.models] + results
+        results.sort(key=lambda r: list(SETTINGS).index(r["model"]))
+    payload = {"budgets": args.budgets, "method": args.method, "torch": torch.__version__, "results": results}
     write_json_atomic(out / "compression.json", payload)
     write_text_atomic(out / "compression.md", markdown(results, args.budgets))
     save_figure_atomic(pareto(results), out / "pareto.png")

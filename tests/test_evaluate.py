@@ -16,10 +16,10 @@ def test_verdict_on_hand_made_numbers():
     v = verdict(2.0, 2.04, 0.05, gap_before=0.1, gap_after=0.15, sd_before=300.0, sd_after=250.0, d_before=1000, d_after=600)
     assert v.preserved and v.delta_test_loss == pytest.approx(0.04)
     assert (v.test_loss_before, v.test_loss_after, v.tolerance) == (2.0, 2.04, 0.05)
-    assert "preserved" in v.message and "+0.0400 ≤ tolerance 0.05" in v.message
+    assert "preserved" in v.message and "+0.04 ≤ tolerance 0.05" in v.message
     assert "gap 0.1000 → 0.1500" in v.message and "SD 300.0 → 250.0 (d 1000 → 600)" in v.message
     no = verdict(2.0, 2.06, 0.05)
-    assert not no.preserved and "NOT preserved" in no.message and "+0.0600 > tolerance 0.05" in no.message
+    assert not no.preserved and "NOT preserved" in no.message and "+0.06 > tolerance 0.05" in no.message
     assert verdict(2.0, 1.5, 0.01).preserved  # getting better is preserved
     assert not verdict(2.0, float("nan"), 0.05).preserved
     assert not verdict(2.0, float("inf"), 0.05).preserved

@@ -99,7 +99,7 @@ def verdict(
     if not math.isfinite(delta):
         why = f"test loss {_fmt(test_loss_before)} → {test_loss_after} (not finite)"
     else:
-        why = f"test loss {test_loss_before:.4f} → {test_loss_after:.4f} ({delta:+.4f} {cmp} tolerance {tol:g})"
+        why = f"test loss {test_loss_before:.4f} → {test_loss_after:.4f} ({delta:+.4g} {cmp} tolerance {tol:g})"
     parts = [f"{head}: {why}"]
     if gap_before is not None or gap_after is not None:
         parts.append(f"train/test gap {_fmt(gap_before)} → {_fmt(gap_after)}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_modules(plan: Mapping[str, Any], compression: Mapping[str, Any] | None = None) -> Figure:
@@ -112,6 +113,8 @@ def plot_exponents(estimate: Mapping[str, Any], after: Mapping[str, Any] | None 
             ax2.axvline(idx[j - 1], color="tab:red" if tag == "before" else "tab:orange", lw=0.8, ls=":")
         if est.get("sd") is not None:
             ax1.axvline(float(est["sd"]), color="tab:red" if tag == "before" else "tab:orange", lw=0.8, ls=":")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(5))
     ax1.axhline(0, color="k", lw=0.6)
     ax1.set_xlabel("direction index (cumulative multiplicity)")
     ax1.set_ylabel("exponent λ = ln|1 − η·wd − ηα|")

@@ -70,7 +70,8 @@ def render_markdown(report: RunReport, folder: Path | None = None, plots: dict[s
         ci_s = f" (interval {ci[0]:.1f}–{ci[1]:.1f}, {est.get('uncertainty', '')})" if ci else ""
         lines.append(f"- SD ({est.get('method')}) = {'≥ ' if est.get('lower_bound') else ''}{_f(est.get('sd'), '.1f')} "
                      f"of d = {est.get('d')} (SD/d = {_f(est.get('sd_over_d'), '.3f')}){ci_s}; j* = {est.get('j_star')}")
-        lines.append(f"- nearly neutral exponents (|λ| < {est.get('neutral_tol')}): {est.get('n_neutral')}")
+        lines.append(f"- nearly neutral exponents (|λ − ln|1 − η·wd|| ≤ {est.get('neutral_tol')}, the exponent of a "
+                     f"zero-curvature direction): {est.get('n_neutral')}")
         lines.append(f"- η = {est.get('lr')}, weight decay = {est.get('weight_decay')}; {est.get('n_hvp')} Hessian-vector "
                      f"products in {_f(est.get('wall_time_s'), '.1f')} s")
         if est.get("lyapunov"):
