@@ -119,9 +119,12 @@ def run_setting(name: str, budgets: list[float], est_cfg: EstimateConfig, quick:
 
 def markdown(results: list[dict], budgets: list[float]) -> str:
     lines = ["# Compression benchmark: SD-guided plans vs baselines at equal size", "",
+             "SD plan minus the best baseline at each budget (test loss Δ difference; negative: SD is better):", "",
+             *verdicts(results, budgets), "",
              "Test loss change (nats) after compressing the target weights to a fraction of their stored values; "
              "lower is better. `*`: the SD plan keeps fewer degrees of freedom than SD at that budget (below the floor). "
-             "Bold: best of the row's budget column among rank methods / pruning methods.", ""]
+             "Bold: best of the row's budget column among rank methods / pruning methods. In parentheses: the size "
+             "reached; ranks are integers, so a method can land below the budget (which disadvantages it).", ""]
     for r in results:
         lines += [f"## {r['model']} on {r['dataset']}", "",
                   f"d = {r['d']:,}, SD = {r['sd']:.1f} (SD/d = {r['sd_over_d']:.3f}), Lyapunov D = {r['lyapunov_sd']:.1f} "
@@ -129,6 +132,10 @@ def markdown(results: list[dict], budgets: list[float]) -> str:
                   f"estimator: {r.get('estimator', '?')}; "
                   f"dense test loss {r['base_test_loss']:.4f}"
                   + (f", accuracy {r['base_test_accuracy']:.3f}" if r["base_test_accuracy"] is not None else "") + ".", ""]
+        if r["base_test_accuracy"] is not None and r["base_test_accuracy"] < 0.05:
+            lines += ["**Caveat:** the dense model is at chance level on the test set (its default EoS run does not learn "
+                      "the task), so this setting cannot show whether compression keeps generalization; compression "
+                      "pulls the predictions towards uniform and lowers the test loss.", ""]
         lines += ["| method | " + " | ".join(f"{b:.0%}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
         for group in (RANK_STRATEGIES, PRUNE_STRATEGIES):
             best = {}
@@ -142,15 +149,33 @@ def markdown(results: list[dict], budgets: list[float]) -> str:
                     if x is None:
                         cells.append("-")
                         continue
-                    txt = f"{x['delta']:+.4f}" + ("*" if x["below_floor"] else "") + f" ({x['params_fraction']:.2f})"
+                    txt = f"{x['delta']:+.3g}" + ("*" if x["below_floor"] else "") + f" ({x['params_fraction']:.2f})"
                     cells.append(f"**{txt}**" if x["delta"] == best[b] else txt)
                 lines.append(f"| {s} | " + " | ".join(cells) + " |")
         lines += ["", "Unbudgeted plans:", "", "| plan | params fraction | bytes fraction | test loss Δ |", "|---|---:|---:|---:|"]
         for x in r["rows"]:
             if x["budget"] is None:
-                lines.append(f"| {x['label']} | {x['params_fraction']:.3f} | {x['bytes_fraction']:.3f} | {x['delta']:+.4f} |")
+                lines.append(f"| {x['label']} | {x['params_fraction']:.3f} | {x['bytes_fraction']:.3f} | {x['delta']:+.3g} |")
         lines += ["", "Plan notes (sd auto): " + " ".join(r["plan_notes"][:2]), ""]
     return "\n".join(lines) + "\n"
+
+
+def verdicts(results: list[dict], budgets: list[float], tie: float = 1e-4) -> list[str]:
+    """Where SD guidance wins, ties (|Δ difference| < ``tie`` nats) or loses against the best baseline."""
+    lines = []
+    for r in results:
+        for sd_label, group in (("sd", ("uniform-rank", "energy", "fisher")), ("sd-prune", ("magnitude",))):
+            parts = []
+            for b in budgets:
+                rows = {x["label"]: x for x in r["rows"] if x["budget"] == b}
+                if sd_label not in rows:
+                    continue
+                best = min(group, key=lambda g: rows[g]["delta"])
+                diff = rows[sd_label]["delta"] - rows[best]["delta"]
+                word = "ties" if abs(diff) < tie else "wins" if diff < 0 else "LOSES"
+                parts.append(f"{b:.0%}: {word} ({diff:+.3g} vs {best})")
+            lines.append(f"- {r['model']}, {sd_label}: " + "; ".join(parts))
+    return lines
 
 
 def pareto(results: list[dict]):
@@ -187,11 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny estimator and training settings (a smoke test, not results)")
     p.add_argument("--light", action="store_true",
                    help="the main job's lighter estimator settings (16 SLQ runs × 40 steps, Lyapunov 16 × 50) instead of the defaults")
+    p.add_argument("--render", action="store_true", help="only re-render compression.md and pareto.png from compression.json")
     p.add_argument("--append", action="store_true", help="merge into an existing compression.json (same budgets), replacing the models run now")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("transformers", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    out = Path(args.output)
+    if args.render:
+        payload = json.loads((out / "compression.json").read_text())
+        write_text_atomic(out / "compression.md", markdown(payload["results"], payload["budgets"]))
+        save_figure_atomic(pareto(payload["results"]), out / "pareto.png")
+        return 0
     torch.manual_seed(0)
     est_cfg = EstimateConfig(method=args.method)
     if args.quick:
@@ -204,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_setting(m, args.budgets, est_cfg, args.quick) for m in args.models]
     for r in results:
         r["estimator"] = "light (main job)" if args.light else "quick" if args.quick else "EstimateConfig defaults"
-    out = Path(args.output)
     if args.append and (out / "compression.json").is_file():
         old = json.loads((out / "compression.json").read_text())
         if old.get("budgets") != args.budgets:
