@@ -208,3 +208,15 @@ def test_cli_report_plan_evaluate_on_a_finished_run(finished, tmp_path, capsys):
     assert f"test loss {report.test_loss_after:.4f}" in capsys.readouterr().out
     assert cli("report", str(tmp_path)) == 2
     assert "holds no report.json" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_a_finished_run(finished, tmp_path):
+    out, report = finished
+    copy = tmp_path / "again"
+    shutil.copytree(out, copy)
+    (copy / "notes.txt").write_text("mine")  # not a run artifact: left alone
+    old = (copy / "report.json").stat().st_mtime_ns
+    again = run_pipeline(replace(small_config(copy), output=OutputConfig(dir=str(copy), overwrite=True)))
+    assert (copy / "report.json").stat().st_mtime_ns != old and (copy / "notes.txt").read_text() == "mine"
+    for key in NUMBERS:  # same config, same numbers
+        assert getattr(again, key) == getattr(report, key), key

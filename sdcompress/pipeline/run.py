@@ -5,6 +5,7 @@ folder as soon as it exists, atomically (temporary name, then rename):
 
     config.json            resolved config (compared on resume)
     trained/, train_log.json  the model the plan is made from; its training log (EoS verdict)
+    sgd_phase/             checkpoints of the SGD phase of a non-built-in model (resumable)
     estimates.json         SD estimate (lyapunov/: the Lyapunov estimate and its subspace)
     evaluation_before.json losses and gap of the trained model
     plan.json              the plan, written before anything is changed (dry_run stops here)
@@ -17,6 +18,9 @@ Resume: rerunning with the same folder and the same resolved config loads every
 finished artifact instead of recomputing it, so the numbers are the same as an
 uninterrupted run. A folder holding report.json is refused unless ``overwrite``; an
 unfinished folder whose config.json differs is refused too (it names the fields).
+``overwrite`` removes the run's own files (``ARTIFACTS``) and nothing else. Bad targets
+or ranks, an unloadable model or dataset, and a diverging EoS training of a built-in are
+refused before the folder is created.
 
 Built-in models (``tiny-gpt2``, ``mlp``, ``modular-mlp``) are trained to the edge of
 stability by :func:`sdcompress.train.cache.pretrained_builtin` (cached between runs);
