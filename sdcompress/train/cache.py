@@ -40,7 +40,7 @@ from sdcompress.train.sgd import train_sgd
 
 logger = logging.getLogger(__name__)
 CACHE_ENV = "SDCOMPRESS_CACHE"
-CACHE_VERSION = 1  # bump when training code changes what a cached run means
+CACHE_VERSION = 2  # bump when training code changes what a cached run means
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
