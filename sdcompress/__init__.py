@@ -51,6 +51,27 @@ _EXPORTS: dict[str, str] = {
     "run_recipe": "sdcompress.recipe",
     "SDCallback": "sdcompress.callback",
     "SDTracker": "sdcompress.callback",
+    # configs and artifacts of every stage
+    "ModelConfig": "sdcompress.config",
+    "DataConfig": "sdcompress.config",
+    "EstimateConfig": "sdcompress.estimator",
+    "PlanConfig": "sdcompress.plan",
+    "ModulePlan": "sdcompress.plan",
+    "make_plan": "sdcompress.plan",
+    "describe_modules": "sdcompress.plan",
+    "module_statistics": "sdcompress.plan",
+    "EvalConfig": "sdcompress.evaluate",
+    "EvalReport": "sdcompress.evaluate",
+    "Verdict": "sdcompress.evaluate",
+    "verdict": "sdcompress.evaluate",
+    "RunReport": "sdcompress.report",
+    "render_run": "sdcompress.report",
+    "RunConfig": "sdcompress.pipeline",
+    "OutputConfig": "sdcompress.pipeline",
+    "plan_model": "sdcompress.api",
+    "save_compressed": "sdcompress.compress",
+    "load_compressed": "sdcompress.compress",
+    "CompressionReport": "sdcompress.compress",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
