@@ -9,6 +9,7 @@ its weight stored ``(in, out)``; that is the same function with ``W`` transposed
 
 from __future__ import annotations
 
+import abc
 from typing import Literal
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 Source = Literal["linear", "conv1d"]
 
 
-class CompressedLinear(nn.Module):
+class CompressedLinear(nn.Module, metaclass=abc.ABCMeta):
     """Base of :class:`LowRankLinear`, :class:`MaskedLinear` and :class:`QuantizedLinear`.
 
     Attributes:
@@ -44,13 +45,13 @@ class CompressedLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    @abc.abstractmethod
     def to_dense(self) -> Tensor:
         """The equivalent dense weight ``(out, in)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def weight_storage(self) -> tuple[int, int]:
         """``(values, bytes)`` the weight takes as stored (the bias is not included)."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def to_original(self) -> nn.Module:
