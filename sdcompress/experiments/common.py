@@ -276,3 +276,40 @@ def setup_cli(args: argparse.Namespace) -> None:
     """Logging and threads for an experiment run from the command line."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, args.threads))
+
+
+def experiment_main(
+    name: str,
+    description: str,
+    config_cls: type[T],
+    run_fn: Callable[[T, Path], dict[str, Any]],
+    argv: list[str] | None = None,
+    *,
+    folder: str | None = None,
+    headline: Callable[[dict[str, Any]], Any] | None = None,
+) -> int:
+    """The command-line entry every experiment shares: parse, load the recipe (``--quick``
+    shrinks it), run into the output folder, log where the results went.
+
+    Args:
+        name: the experiment's module name (its recipe is ``recipes/experiments/<name>.yaml``).
+        description: the ``--help`` text.
+        config_cls: the experiment's config dataclass (with ``quick()`` and ``output_dir``).
+        run_fn: ``run(config, out_dir) -> payload`` with ``payload["wall_time_s"]``.
+        argv: arguments (default: ``sys.argv``).
+        folder: name of the quick-run folder (default: ``name``).
+        headline: what of the payload to log next to the time.
+
+    Returns:
+        The exit code (0).
+    """
+    args = experiment_parser(name, description).parse_args(argv)
+    setup_cli(args)
+    cfg = load_config(config_cls, args.config or None, args.overrides)
+    if args.quick:
+        cfg = cfg.quick()  # type: ignore[attr-defined]
+    out = resolve_output_dir(args, cfg.output_dir, folder or name)  # type: ignore[attr-defined]
+    payload = run_fn(cfg, out)
+    extra = f"; {headline(payload)}" if headline else ""
+    logger.info("wrote %s in %.0f s%s", out, payload["wall_time_s"], extra)
+    return 0

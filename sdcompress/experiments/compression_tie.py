@@ -30,10 +30,7 @@ from sdcompress.experiments.common import (
     bundle_as,
     classification_metrics,
     load_checkpoint,
-    experiment_parser,
-    load_config,
-    resolve_output_dir,
-    setup_cli,
+    experiment_main,
     write_outputs,
 )
 from sdcompress.experiments.stats import kendall_tau
@@ -155,15 +152,7 @@ def correlations(rows: list[dict[str, Any]], cfg: TieConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry."""
-    args = experiment_parser("compression_tie", __doc__.splitlines()[0]).parse_args(argv)
-    setup_cli(args)
-    cfg = load_config(TieConfig, args.config or None, args.overrides)
-    if args.quick:
-        cfg = cfg.quick()
-    out = resolve_output_dir(args, cfg.output_dir, "compression_tie")
-    payload = run(cfg, out)
-    logger.info("wrote %s in %.0f s: %s", out, payload["wall_time_s"], payload["correlation"])
-    return 0
+    return experiment_main("compression_tie", __doc__.splitlines()[0], TieConfig, run, argv, headline=lambda p: p["correlation"])
 
 
 if __name__ == "__main__":

@@ -26,11 +26,8 @@ from sdcompress.experiments.common import (
     SGDSettings,
     bundle_as,
     eval_stream,
-    experiment_parser,
+    experiment_main,
     fit_sgd,
-    load_config,
-    resolve_output_dir,
-    setup_cli,
     write_outputs,
 )
 from sdcompress.experiments.measures import MeasureSettings, sd_measures
@@ -186,15 +183,7 @@ def run(cfg: EosConfig, out_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry."""
-    args = experiment_parser("eos_sweep", __doc__.splitlines()[0]).parse_args(argv)
-    setup_cli(args)
-    cfg = load_config(EosConfig, args.config or None, args.overrides)
-    if args.quick:
-        cfg = cfg.quick()
-    out = resolve_output_dir(args, cfg.output_dir, "eos")
-    payload = run(cfg, out)
-    logger.info("wrote %s in %.0f s", out, payload["wall_time_s"])
-    return 0
+    return experiment_main("eos_sweep", __doc__.splitlines()[0], EosConfig, run, argv, folder="eos")
 
 
 if __name__ == "__main__":

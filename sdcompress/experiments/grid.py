@@ -26,12 +26,9 @@ from sdcompress.experiments.common import (
     SGDSettings,
     bundle_as,
     eval_stream,
-    experiment_parser,
+    experiment_main,
     fit_sgd,
     gaps,
-    load_config,
-    resolve_output_dir,
-    setup_cli,
     write_outputs,
 )
 from sdcompress.experiments.measures import MeasureSettings, full_batch_curvature, sd_measures
@@ -240,15 +237,7 @@ def markdown_report(table: list[dict[str, Any]], wd_rows: list[dict[str, Any]], 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry."""
-    args = experiment_parser("grid", __doc__.splitlines()[0]).parse_args(argv)
-    setup_cli(args)
-    cfg = load_config(GridConfig, args.config or None, args.overrides)
-    if args.quick:
-        cfg = cfg.quick()
-    out = resolve_output_dir(args, cfg.output_dir, "grid")
-    payload = run(cfg, out)
-    logger.info("wrote %s in %.0f s; %s", out, payload["wall_time_s"], payload["summary"].get("sd_exact_beats_on_tau"))
-    return 0
+    return experiment_main("grid", __doc__.splitlines()[0], GridConfig, run, argv, headline=lambda p: p["summary"].get("sd_exact_beats_on_tau"))
 
 
 if __name__ == "__main__":

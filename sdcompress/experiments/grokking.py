@@ -32,12 +32,9 @@ from sdcompress.data import DatasetBundle, load_data
 from sdcompress.experiments.common import (
     SGDSettings,
     eval_stream,
-    experiment_parser,
+    experiment_main,
     fit_sgd,
     gaps,
-    load_config,
-    resolve_output_dir,
-    setup_cli,
     write_outputs,
 )
 from sdcompress.experiments.measures import MeasureSettings, full_batch_curvature, sd_measures
@@ -230,15 +227,7 @@ def run(cfg: GrokConfig, out_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry."""
-    args = experiment_parser("grokking", __doc__.splitlines()[0]).parse_args(argv)
-    setup_cli(args)
-    cfg = load_config(GrokConfig, args.config or None, args.overrides)
-    if args.quick:
-        cfg = cfg.quick()
-    out = resolve_output_dir(args, cfg.output_dir, "grokking")
-    payload = run(cfg, out)
-    logger.info("wrote %s in %.0f s", out, payload["wall_time_s"])
-    return 0
+    return experiment_main("grokking", __doc__.splitlines()[0], GrokConfig, run, argv)
 
 
 if __name__ == "__main__":
