@@ -46,6 +46,14 @@ class SDEstimate:
         settings: every knob used (ε, quantiles, bandwidth, runs, steps, batches, seed).
         extras: method-specific diagnostics (density grids, top Hessian eigenvalue, trace,
             per-module energy shares of the Lyapunov subspace, ...), JSON-serialisable.
+        module_sd: per parameter tensor (keyed by ``model.named_parameters()`` name), the
+            attractor's directions living in it, SD_b = mean_B Σ_i w_i ‖P_b u_i‖² with the
+            Kaplan–Yorke weights w_i (PAPER.md §8); sums to ``sd``. ``None``: not measured.
+        module_expansion: per parameter tensor, its share of the expansion,
+            E_b ∝ mean_B Σ_i max(λ_i, 0) ‖P_b u_i‖²; shares sum to 1. ``None``: not measured.
+        converged: Lyapunov only: whether the tracked frame passed its convergence test
+            (``None`` for the one-step methods, which have no frame).
+        convergence: the convergence test's settings and numbers (steps, statistics).
         subspace: (d, m) orthonormal basis of the dominant Lyapunov directions, or ``None``.
     """
 
@@ -67,6 +75,10 @@ class SDEstimate:
     params: tuple[str, ...] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    module_sd: dict[str, float] | None = None
+    module_expansion: dict[str, float] | None = None
+    converged: bool | None = None
+    convergence: dict[str, Any] = field(default_factory=dict)
     subspace: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
