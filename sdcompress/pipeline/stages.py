@@ -199,6 +199,7 @@ def check_targets(cfg: RunConfig, loaded: LoadedModel) -> None:
     """
     from sdcompress.errors import PlanError
 
+    cfg.check_model(loaded.model)  # estimator settings that need d (Lyapunov m ≤ d, exact's size)
     modules = describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore)
     if cfg.plan.rank_mode == "manual" and not cfg.plan.clip_rank and cfg.plan.strategy == "sd":
         k = int(cfg.plan.target_rank)
