@@ -36,7 +36,7 @@ from sdcompress.pipeline.folder import (
     TRAINED_DIR,
     TRIES_DIR,
 )
-from sdcompress.plan import Plan, describe_modules, make_plan, module_statistics
+from sdcompress.plan import Plan, check_target_rank, describe_modules, make_plan, planning_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -197,20 +197,8 @@ def check_targets(cfg: RunConfig, loaded: LoadedModel) -> None:
         ModelError: a pattern matches no Linear/Conv1D module (real names listed).
         PlanError: ``target_rank`` exceeds a module's full rank.
     """
-    from sdcompress.errors import PlanError
-
     cfg.check_model(loaded.model)  # estimator settings that need d (Lyapunov m ≤ d, exact's size)
-    modules = describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore)
-    if cfg.plan.rank_mode == "manual" and not cfg.plan.clip_rank and cfg.plan.strategy == "sd":
-        k = int(cfg.plan.target_rank)
-        too_small = [m for m in modules if k > min(m.out_features, m.in_features)]
-        if too_small:
-            m = too_small[0]
-            raise PlanError(
-                f"target rank {k} is larger than the {m.out_features}×{m.in_features} weight of module {m.name!r} allows "
-                f"(at most {min(m.out_features, m.in_features)}); use --target-rank ≤ {min(m.out_features, m.in_features)}, "
-                "--target-rank auto, or leave that module out with --ignore"
-            )
+    check_target_rank(cfg.plan, describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore))
 
 
 @dataclass
@@ -241,14 +229,11 @@ def stage_tries(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Dataset
                 lyap: SDEstimate | None, before: EvalReport, tolerance: float) -> TriesResult:
     """Plan, compress and evaluate; with ``plan.tolerance``, raise until within it."""
     closed = cfg.plan.tolerance is not None
-    modules = describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore, params=_params(cfg))
-    stats = None
-    if cfg.plan.strategy in ("energy", "fisher"):
-        batches = []
-        if cfg.plan.strategy == "fisher":
-            fs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed, replacement=cfg.data.replacement)
-            batches = fs.take(cfg.plan.fisher_batches)
-        stats = module_statistics(loaded.model, modules, batches, loss_fn=loaded.loss_fn)
+    batches = []
+    if cfg.plan.strategy == "fisher":
+        fs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed, replacement=cfg.data.replacement)
+        batches = fs.take(cfg.plan.fisher_batches)
+    modules, stats = planning_inputs(loaded.model, cfg.plan, params=_params(cfg), batches=batches, loss_fn=loaded.loss_fn)
     result: TriesResult | None = None
     previous: dict | None = None
     for attempt in range(cfg.plan.max_tries if closed else 1):
