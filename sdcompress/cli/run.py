@@ -100,6 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--output-dir", default=None, metavar="OUT", help="run folder (default: runs/<model>-<timestamp>)")
     o.add_argument("--dry-run", action="store_true", help="stop after writing plan.json")
     o.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    o.add_argument("--allow-untrained", action="store_true",
+                   help="go on when training ends at chance level or --steps is 0 (refused otherwise); the report says so")
     o.add_argument("--seed", type=int, default=None, help="seed of every stage (init, batches ω, probes); default: each config's")
     o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
     o.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
@@ -143,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         cfg.evaluate = EvalConfig(tolerance=args.eval_tolerance)
     cfg.output = OutputConfig(dir=args.output_dir, overwrite=args.overwrite)
     cfg.seed, cfg.device, cfg.dry_run = args.seed, args.device, args.dry_run
+    cfg.allow_untrained = bool(getattr(args, "allow_untrained", False))
     if args.overrides:
         from sdcompress.recipe import from_dict, parse_override, to_dict
 

@@ -50,6 +50,9 @@ class RunConfig:
             (``wikitext:wikitext-2-raw-v1``) for other models.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         dry_run: stop after writing plan.json (nothing is compressed).
+        allow_untrained: go on with a network that did not train (0 steps) or ended at
+            chance level (:mod:`sdcompress.train.quality`) instead of refusing it; the
+            report then says so.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -62,6 +65,7 @@ class RunConfig:
     seed: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dry_run: bool = False
+    allow_untrained: bool = False
 
     def resolved(self) -> "RunConfig":
         """A copy with the seed spread, the dataset and output folder filled in."""
