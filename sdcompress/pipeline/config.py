@@ -70,6 +70,9 @@ class RunConfig(Validated):
             (``wikitext:wikitext-2-raw-v1``) for other models.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         dry_run: stop after writing plan.json (nothing is compressed).
+        allow_untrained: go on with a network that did not train (0 steps) or ended at
+            chance level (:mod:`sdcompress.train.quality`) instead of refusing it; the
+            report then says so.
     """
 
     SECTION: ClassVar[str] = ""
@@ -84,6 +87,7 @@ class RunConfig(Validated):
     seed: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dry_run: bool = False
+    allow_untrained: bool = False
 
     def validate(self) -> "RunConfig":
         """Check every section and the facts that span sections; returns ``self``.

@@ -20,7 +20,7 @@ from sdcompress.data import BatchStream, DatasetBundle
 from sdcompress.estimator import estimate_sd
 from sdcompress.estimator.result import SDEstimate
 from sdcompress.evaluate import EvalReport, evaluate, measure_sd, verdict
-from sdcompress.io import write_json_atomic
+from sdcompress.io import set_default_modes, write_json_atomic
 from sdcompress.models import BUILTIN_MODELS, LoadedModel, load_model
 from sdcompress.pipeline.config import RunConfig
 from sdcompress.pipeline.folder import (
@@ -128,6 +128,7 @@ def finish_training(cfg: RunConfig, trained: Trained, folder: Path) -> Trained:
             trained.loaded.model.save_pretrained(tmp)
             if trained.loaded.tokenizer is not None:
                 trained.loaded.tokenizer.save_pretrained(tmp)
+            set_default_modes(tmp)  # mkdtemp makes 0700, safetensors 0600: one mode for the run folder
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -164,6 +165,8 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
         logger.info("estimating SD (%s)", cfg.estimate.method)
         est = estimate_sd(loaded.model, stream, method=cfg.estimate.method, **kw)
         est.save(folder, ESTIMATES_FILE)
+        for written in folder.glob("*.safetensors"):  # the subspace of a Lyapunov estimate (safetensors: 0600)
+            set_default_modes(written)
     logger.info("%s", est.summary())
     lyap = est if est.subspace is not None else None
     if lyap is None and needs_subspace(cfg):
@@ -174,8 +177,12 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
             logger.info("tracking the dominant Lyapunov subspace")
             lyap = estimate_sd(loaded.model, stream, method="lyapunov", **kw)
             tmp = Path(tempfile.mkdtemp(prefix=f".{LYAPUNOV_DIR}.", suffix=".tmp", dir=folder))
-            lyap.save(tmp, ESTIMATES_FILE)
-            os.replace(tmp, ldir)
+            try:
+                lyap.save(tmp, ESTIMATES_FILE)
+                set_default_modes(tmp)
+                os.replace(tmp, ldir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed when anything failed
         logger.info("%s", lyap.summary())
     if (folder / EVAL_BEFORE_FILE).is_file():
         before = EvalReport.load(folder / EVAL_BEFORE_FILE)
