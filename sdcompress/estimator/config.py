@@ -33,7 +33,14 @@ class EstimateConfig:
         slq_runs: SLQ runs, one fresh minibatch and one Rademacher probe each. The paper
             used 500 runs for a 13k-parameter MLP; 32 keep the bootstrap interval of SD
             on the digits MLP within a few percent.
-        lanczos_steps: Lanczos steps m per run (Ritz nodes per run; memory m · d).
+        lanczos_steps: Lanczos steps m per run (Ritz nodes per run; memory m · d with
+            full reorthogonalisation, see ``reorth``).
+        reorth: Lanczos reorthogonalisation: ``"auto"`` (default: ``"full"`` when the
+            m × d basis fits ``memory_budget``, else ``"half"`` (a float16 basis), else
+            ``"none"``, the O(d) three-term recurrence), or one of those three.
+        memory_budget: bytes one Lanczos run may use (its basis and work vectors; see
+            :func:`sdcompress.linalg.lanczos_memory_bytes`); ``None``: 0.1 of the
+            available RAM (free GPU memory on CUDA).
         eps: ε in g(α) = ln(|1 − η·wd − ηα| + ε) (density methods). It shifts every
             neutral exponent by ≈ ε, so it must be far below η·wd; see
             :mod:`sdcompress.estimator.density`.
@@ -78,6 +85,8 @@ class EstimateConfig:
     n_batches: int = 20
     slq_runs: int = 32
     lanczos_steps: int = 80
+    reorth: Literal["auto", "full", "half", "none"] = "auto"
+    memory_budget: int | None = None
     eps: float = 1e-8
     n_quantiles: int = 1000
     ps_representative: Literal["quantile", "mean"] = "mean"
@@ -137,6 +146,9 @@ class EstimateConfig:
         need(self.chunk_size is None or (isinstance(self.chunk_size, int) and self.chunk_size >= 1), f"chunk_size must be ≥ 1 or None, got {self.chunk_size!r}")
         need(self.hvp_method in HVP_METHODS, f"hvp_method must be one of {list(HVP_METHODS)}, got {self.hvp_method!r}")
         need(self.ps_representative in ("quantile", "mean"), f"ps_representative must be 'quantile' or 'mean', got {self.ps_representative!r}")
+        need(self.reorth in ("auto", "full", "half", "none"), f"reorth must be one of ['auto', 'full', 'half', 'none'], got {self.reorth!r}")
+        need(self.memory_budget is None or (isinstance(self.memory_budget, int) and not isinstance(self.memory_budget, bool) and self.memory_budget > 0),
+             f"memory_budget must be a number of bytes > 0 or None (0.1 of the available memory), got {self.memory_budget!r}; e.g. memory_budget=2_000_000_000")
         need(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         need(0 < self.confidence < 1, f"confidence must be in (0, 1), got {self.confidence!r}")
         need(self.neutral_tol >= 0, f"neutral_tol must be ≥ 0, got {self.neutral_tol!r}")
