@@ -196,6 +196,7 @@ def estimate_sd(
         measure = hessian_slq(
             floss, source, config.slq_runs, config.lanczos_steps, chunk_size=config.chunk_size,
             method=config.hvp_method, seed=config.seed,  # type: ignore[arg-type]
+            reorth=config.reorth, memory_budget=config.memory_budget,
         )
         est = density_estimate(
             measure, config.method, lr=lr, weight_decay=weight_decay, config=config,  # type: ignore[arg-type]
