@@ -16,7 +16,9 @@ from sdcompress.errors import ConfigError
 
 #: planner names accepted by ``PlanConfig.strategy`` (the schema's ``KNOWN_STRATEGIES``
 #: less "manual", which is what a hand-set ``target_rank`` records)
-STRATEGIES = ("sd", "uniform-rank", "energy", "fisher", "magnitude", "uniform-bits")
+STRATEGIES = ("sd", "uniform-rank", "size", "trace", "hawq", "energy", "fisher", "magnitude", "uniform-bits")
+#: strategies that split by the curvature restricted to each module (:mod:`sdcompress.plan.curvature`)
+CURVATURE_STRATEGIES = ("sd", "trace", "hawq")
 BASELINES = STRATEGIES[1:]
 BUDGET_KEYS = ("params_fraction", "bytes_fraction")
 SUPPORTED_BITS = (8, 4)
@@ -52,8 +54,8 @@ class PlanConfig:
         ignore: patterns of modules to leave alone.
         budget: ``{"params_fraction": f}`` or ``{"bytes_fraction": f}`` of the target
             modules' weights after compression; ``{}``: no budget (SD decides alone).
-        strategy: ``"sd"`` or a baseline name (``uniform-rank``, ``energy``, ``fisher``,
-            ``magnitude``, ``uniform-bits``).
+        strategy: ``"sd"`` or a baseline name (``uniform-rank``, ``size``, ``trace``,
+            ``hawq``, ``energy``, ``fisher``, ``magnitude``, ``uniform-bits``).
         seed: seed of the batches used for planning statistics (Fisher baseline).
         sd_scale: each module keeps at least ``sd_scale`` × its share of SD degrees of
             freedom (1 = the floor; the closed loop raises it).
@@ -71,6 +73,11 @@ class PlanConfig:
         fisher_batches: minibatches used for the Fisher baseline's squared gradients.
         clip_rank: a hand-set rank larger than a module's full rank keeps that module
             dense instead of being refused (the closed loop sets it as ranks grow).
+        curvature_batches: minibatches the per-module curvature (Hessian trace and
+            truncation costs, :mod:`sdcompress.plan.curvature`) is averaged over, for the
+            ``sd``, ``trace`` and ``hawq`` strategies; 0: do not measure it (the SD plan
+            then falls back to the per-module floors).
+        curvature_probes: Hutchinson probes per minibatch for the per-module traces.
     """
 
     target_rank: int | Literal["auto", "off"] = "auto"
@@ -91,6 +98,8 @@ class PlanConfig:
     growth: float = 1.5
     fisher_batches: int = 4
     clip_rank: bool = False
+    curvature_batches: int = 2
+    curvature_probes: int = 8
 
     def __post_init__(self) -> None:
         self.validate()
@@ -178,6 +187,10 @@ class PlanConfig:
             raise ConfigError(f"subspace_weighting must be in [0, 1), got {self.subspace_weighting!r}")
         if not _is_num(self.near_full) or not 0 < self.near_full <= 1:
             raise ConfigError(f"near_full must be in (0, 1], got {self.near_full!r}")
+        for name in ("curvature_batches", "curvature_probes"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 0:
+                raise ConfigError(f"{name} must be an integer ≥ 0, got {v!r}")
         for name in ("group_size", "max_tries", "fisher_batches"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
@@ -187,4 +200,4 @@ class PlanConfig:
         return self
 
 
-__all__ = ["BASELINES", "BUDGET_KEYS", "PlanConfig", "STRATEGIES", "SUPPORTED_BITS"]
+__all__ = ["BASELINES", "BUDGET_KEYS", "CURVATURE_STRATEGIES", "PlanConfig", "STRATEGIES", "SUPPORTED_BITS"]
