@@ -73,15 +73,17 @@ def plan_model(
         estimate: its SD estimate (``None`` only for baselines with a budget).
         config: planner settings.
         subspace: a Lyapunov estimate with the dominant subspace.
-        batches: minibatches for the Fisher baseline.
+        batches: minibatches for the Fisher baseline and for the per-module curvature of
+            the ``sd``, ``trace`` and ``hawq`` strategies (the first ``curvature_batches``);
+            without them the SD plan keeps per-module floors and ``trace``/``hawq`` refuse.
 
     Raises:
         ConfigError, PlanError, ModelError: see the planner and the target patterns.
     """
     config = config or PlanConfig()
-    modules, stats = planning_inputs(loaded.model, config, params=estimate.params if estimate is not None else None,
-                                     batches=batches or (), loss_fn=loaded.loss_fn)
-    return make_plan(estimate, modules, config, subspace=subspace, stats=stats)
+    inputs = planning_inputs(loaded.model, config, params=estimate.params if estimate is not None else None,
+                             fisher_batches=batches or (), curvature_batches=batches or (), loss_fn=loaded.loss_fn)
+    return make_plan(estimate, inputs.modules, config, subspace=subspace, stats=inputs.stats, curvature=inputs.curvature)
 
 
 __all__ = [

@@ -137,11 +137,18 @@ def test_batch_source_rules():
     assert torch.equal(s(4)[0], stream.batch(4)[0])
 
 
-def test_the_estimator_entry_point_has_one_batch_source():
-    import sdcompress.estimator.estimate as estimate_module
+def test_the_estimators_have_one_batch_source():
+    import ast
+    from pathlib import Path
 
-    assert not hasattr(estimate_module, "_is_single_batch")
-    assert estimate_module.BatchSource is BatchSource
+    import sdcompress.estimator.estimate as estimate_module
+    import sdcompress.estimator.lyapunov_sgd as lyapunov_sgd
+
+    assert estimate_module.BatchSource is BatchSource and lyapunov_sgd.BatchSource is BatchSource
+    pkg = Path(estimate_module.__file__).parents[1]
+    classes = [f"{p.relative_to(pkg)}:{n.name}" for p in pkg.rglob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+               if isinstance(n, ast.ClassDef) and "BatchSource" in n.name]
+    assert classes == ["estimator/batches.py:BatchSource"]
 
 
 def test_frozen_estimates_are_not_changed_in_place(monkeypatch):

@@ -127,21 +127,26 @@ def test_rank_against_shape_has_one_definition():
 
 
 def test_planning_glue_has_one_definition():
-    assert _calls("module_statistics") == {"plan/targets.py"}
-    assert {"api.py", "pipeline/stages.py"} <= _calls("planning_inputs")
+    assert _calls("module_statistics") == {"plan/inputs.py"}
+    assert _calls("module_curvature") == {"plan/inputs.py"}
+    assert {"api.py", "pipeline/stages.py", "experiments/compression_tie.py"} <= _calls("planning_inputs")
     from sdcompress.data import BatchStream, digits
     from sdcompress.models import MLP
     from sdcompress.plan import PlanConfig, planning_inputs
 
     torch.manual_seed(0)
     model = MLP((64, 6, 5, 10))
-    modules, stats = planning_inputs(model, PlanConfig(strategy="energy", budget={"params_fraction": 0.5}))
-    assert [m.name for m in modules] == ["layers.0", "layers.1"] and set(stats) == {"layers.0", "layers.1"}
-    assert stats["layers.0"].fisher_rows is None
-    batches = BatchStream(digits().train, 16, seed=0).take(2)
-    _, fisher = planning_inputs(model, PlanConfig(strategy="fisher", budget={"params_fraction": 0.5}), batches=batches)
-    assert len(fisher["layers.0"].fisher_rows) == 6
-    assert planning_inputs(model, PlanConfig())[1] is None
+    energy = planning_inputs(model, PlanConfig(strategy="energy", budget={"params_fraction": 0.5}))
+    assert [m.name for m in energy.modules] == ["layers.0", "layers.1"] and set(energy.stats) == {"layers.0", "layers.1"}
+    assert energy.stats["layers.0"].fisher_rows is None and energy.curvature is None
+    batches = BatchStream(digits().train, 16, seed=0).take(3)
+    fisher = planning_inputs(model, PlanConfig(strategy="fisher", budget={"params_fraction": 0.5}), fisher_batches=batches)
+    assert len(fisher.stats["layers.0"].fisher_rows) == 6
+    sd = planning_inputs(model, PlanConfig(curvature_batches=2), curvature_batches=batches)
+    assert sd.stats is None and set(sd.curvature) == {"layers.0", "layers.1"}
+    assert planning_inputs(model, PlanConfig(target_rank=2, curvature_batches=2), curvature_batches=batches).curvature is None
+    with pytest.raises(PlanError, match="target rank 7 is larger than"):
+        planning_inputs(model, PlanConfig(target_rank=7))
 
 
 def _estimate(**kw) -> SDEstimate:

@@ -31,9 +31,10 @@ MODULES = [
 D = 7000  # 6912 target weights + 88 other parameters
 
 
-def estimate(sd: float, *, subspace: torch.Tensor | None = None, method="slq") -> SDEstimate:
+def estimate(sd: float, *, subspace: torch.Tensor | None = None, method="slq", converged: bool | None = True) -> SDEstimate:
+    """A synthetic estimate; a given subspace counts as converged unless ``converged`` says otherwise."""
     return SDEstimate(method=method, sd=sd, j_star=int(sd), exponents=np.array([0.1, -0.2]), d=D, n_hvp=0,
-                      wall_time_s=0.0, lr=0.1, subspace=subspace)
+                      wall_time_s=0.0, lr=0.1, subspace=subspace, converged=converged if subspace is not None else None)
 
 
 def concentrated_subspace(m: int = 8, seed: int = 0) -> torch.Tensor:
@@ -244,7 +245,7 @@ def test_conv1d_rows_are_output_features():
     stored[:, 5] = 1.0  # every input feature of output 5
     Q[attn.offset : attn.offset + 192, 0] = stored.reshape(-1) / stored.norm()
     est = SDEstimate(method="lyapunov", sd=1.0, j_star=1, exponents=np.array([0.1]), d=d, n_hvp=0, wall_time_s=0.0,
-                     lr=0.1, subspace=Q)
+                     lr=0.1, subspace=Q, converged=True)
     al = allot(est, list(infos.values()))["transformer.h.0.attn.c_attn"]
     assert al.energy == pytest.approx(1.0)
     assert al.row_energy[5] == pytest.approx(1.0) and sum(al.row_energy) == pytest.approx(1.0)

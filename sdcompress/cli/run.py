@@ -102,6 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--output-dir", default=None, metavar="OUT", help="run folder (default: runs/<model>-<timestamp>)")
     o.add_argument("--dry-run", action="store_true", help="stop after writing plan.json")
     o.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    o.add_argument("--allow-untrained", action="store_true",
+                   help="go on when training ends at chance level or --steps is 0 (refused otherwise); the report says so")
     o.add_argument("--seed", type=int, default=None, help="seed of every stage (init, batches ω, probes); default: each config's")
     o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
     o.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
@@ -149,7 +151,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         evaluate = EvalConfig(**given(tolerance=args.eval_tolerance))
         output = OutputConfig(dir=args.output_dir, overwrite=args.overwrite)
         cfg = RunConfig(model=model, data=data, train=train, estimate=estimate, plan=plan, evaluate=evaluate,
-                        output=output, seed=args.seed, device=args.device, dry_run=args.dry_run)
+                        output=output, seed=args.seed, device=args.device, dry_run=args.dry_run,
+                        allow_untrained=bool(getattr(args, "allow_untrained", False)))
     if args.overrides:
         from sdcompress.recipe import apply_overrides, from_dict, to_dict
 

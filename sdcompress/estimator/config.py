@@ -34,7 +34,14 @@ class EstimateConfig(Validated):
         slq_runs: SLQ runs, one fresh minibatch and one Rademacher probe each. The paper
             used 500 runs for a 13k-parameter MLP; 32 keep the bootstrap interval of SD
             on the digits MLP within a few percent.
-        lanczos_steps: Lanczos steps m per run (Ritz nodes per run; memory m · d).
+        lanczos_steps: Lanczos steps m per run (Ritz nodes per run; memory m · d with
+            full reorthogonalisation, see ``reorth``).
+        reorth: Lanczos reorthogonalisation: ``"auto"`` (default: ``"full"`` when the
+            m × d basis fits ``memory_budget``, else ``"half"`` (a float16 basis), else
+            ``"none"``, the O(d) three-term recurrence), or one of those three.
+        memory_budget: bytes one Lanczos run may use (its basis and work vectors; see
+            :func:`sdcompress.linalg.lanczos_memory_bytes`); ``None``: 0.1 of the
+            available RAM (free GPU memory on CUDA).
         eps: ε in g(α) = ln(|1 − η·wd − ηα| + ε) (density methods). It shifts every
             neutral exponent by ≈ ε, so it must be far below η·wd; see
             :mod:`sdcompress.estimator.density`.
@@ -81,6 +88,8 @@ class EstimateConfig(Validated):
     n_batches: int = 20
     slq_runs: int = 32
     lanczos_steps: int = 80
+    reorth: Literal["auto", "full", "half", "none"] = "auto"
+    memory_budget: int | None = None
     eps: float = 1e-8
     n_quantiles: int = 1000
     ps_representative: Literal["quantile", "mean"] = "mean"
@@ -147,6 +156,9 @@ class EstimateConfig(Validated):
         need(self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1), "chunk_size", "an integer ≥ 1 or null")
         need(self.hvp_method in HVP_METHODS, "hvp_method", f"one of {list(HVP_METHODS)}")
         need(self.ps_representative in ("quantile", "mean"), "ps_representative", "'quantile' or 'mean'")
+        need(self.reorth in ("auto", "full", "half", "none"), "reorth", "one of ['auto', 'full', 'half', 'none']")
+        need(self.memory_budget is None or (is_int(self.memory_budget) and self.memory_budget > 0), "memory_budget",
+             "a number of bytes > 0, or null for 0.1 of the available memory", "e.g. memory_budget=2000000000")
         need(self.dtype in DTYPES, "dtype", f"one of {list(DTYPES)}")
         need(is_number(self.confidence) and 0 < self.confidence < 1, "confidence", "in (0, 1)")
         need(is_number(self.neutral_tol) and self.neutral_tol >= 0, "neutral_tol", "a finite number ≥ 0")

@@ -128,7 +128,7 @@ def estimate_sd(
             settings={**asdict(config), "batches": source.description},
         )
     elif config.method == "lyapunov":
-        from sdcompress.estimator.lyapunov import lyapunov_sd
+        from sdcompress.estimator.lyapunov_sgd import lyapunov_sd
 
         source.check_steps(config.lyapunov_steps)
         if source.finite:
@@ -147,6 +147,7 @@ def estimate_sd(
         measure = hessian_slq(
             floss, source.for_run, config.slq_runs, config.lanczos_steps, chunk_size=config.chunk_size,
             method=config.hvp_method, seed=config.seed,  # type: ignore[arg-type]
+            reorth=config.reorth, memory_budget=config.memory_budget,
         )
         est = density_estimate(
             measure, config.method, lr=lr, weight_decay=weight_decay, config=config,  # type: ignore[arg-type]

@@ -79,8 +79,8 @@ def compressed_test_loss(model: torch.nn.Module, estimate, bundle, cfg: TieConfi
     from sdcompress.plan import PlanConfig, make_plan, planning_inputs
 
     pcfg = PlanConfig(strategy=strategy, budget={"params_fraction": fraction}, below_floor=True, targets=cfg.targets)
-    modules, stats = planning_inputs(model, pcfg)
-    plan = make_plan(estimate, modules, pcfg, stats=stats)
+    inputs = planning_inputs(model, pcfg)
+    plan = make_plan(estimate, inputs.modules, pcfg, stats=inputs.stats)
     clone = copy.deepcopy(model)
     report = compress_(clone, plan)
     te = classification_metrics(clone, bundle.test)

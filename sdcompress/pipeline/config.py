@@ -70,6 +70,9 @@ class RunConfig(Validated):
             (``wikitext:wikitext-2-raw-v1``) for other models.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         dry_run: stop after writing plan.json (nothing is compressed).
+        allow_untrained: go on with a network that did not train (0 steps) or ended at
+            chance level (:mod:`sdcompress.train.quality`) instead of refusing it; the
+            report then says so.
     """
 
     SECTION: ClassVar[str] = ""
@@ -84,6 +87,7 @@ class RunConfig(Validated):
     seed: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dry_run: bool = False
+    allow_untrained: bool = False
 
     def validate(self) -> "RunConfig":
         """Check every section and the facts that span sections; returns ``self``.
@@ -104,8 +108,9 @@ class RunConfig(Validated):
             need_int("", "seed", self.seed, 0, "or null to keep each section's own seed")
         if self.device not in DEVICES:
             raise FieldError("", "device", f"one of {list(DEVICES)}", self.device)
-        if not isinstance(self.dry_run, bool):
-            raise FieldError("", "dry_run", "true or false", self.dry_run)
+        for name in ("dry_run", "allow_untrained"):
+            if not isinstance(getattr(self, name), bool):
+                raise FieldError("", name, "true or false", getattr(self, name))
         return self
 
     def check_model(self, model: Any) -> None:

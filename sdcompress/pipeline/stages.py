@@ -20,7 +20,7 @@ from sdcompress.data import BatchStream, DatasetBundle
 from sdcompress.estimator import estimate_sd
 from sdcompress.estimator.result import SDEstimate
 from sdcompress.evaluate import EvalReport, evaluate, measure_sd, verdict
-from sdcompress.io import write_json_atomic
+from sdcompress.io import set_default_modes, write_json_atomic
 from sdcompress.models import BUILTIN_MODELS, LoadedModel, load_model
 from sdcompress.pipeline.config import RunConfig
 from sdcompress.pipeline.folder import (
@@ -36,7 +36,7 @@ from sdcompress.pipeline.folder import (
     TRAINED_DIR,
     TRIES_DIR,
 )
-from sdcompress.plan import Plan, check_target_rank, describe_modules, make_plan, planning_inputs
+from sdcompress.plan import Plan, check_target_rank, describe_modules, make_plan, needs_curvature, planning_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def finish_training(cfg: RunConfig, trained: Trained, folder: Path) -> Trained:
             trained.loaded.model.save_pretrained(tmp)
             if trained.loaded.tokenizer is not None:
                 trained.loaded.tokenizer.save_pretrained(tmp)
+            set_default_modes(tmp)  # mkdtemp makes 0700, safetensors 0600: one mode for the run folder
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -164,6 +165,8 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
         logger.info("estimating SD (%s)", cfg.estimate.method)
         est = estimate_sd(loaded.model, stream, method=cfg.estimate.method, **kw)
         est.save(folder, ESTIMATES_FILE)
+        for written in folder.glob("*.safetensors"):  # the subspace of a Lyapunov estimate (safetensors: 0600)
+            set_default_modes(written)
     logger.info("%s", est.summary())
     lyap = est if est.subspace is not None else None
     if lyap is None and needs_subspace(cfg):
@@ -174,8 +177,12 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
             logger.info("tracking the dominant Lyapunov subspace")
             lyap = estimate_sd(loaded.model, stream, method="lyapunov", **kw)
             tmp = Path(tempfile.mkdtemp(prefix=f".{LYAPUNOV_DIR}.", suffix=".tmp", dir=folder))
-            lyap.save(tmp, ESTIMATES_FILE)
-            os.replace(tmp, ldir)
+            try:
+                lyap.save(tmp, ESTIMATES_FILE)
+                set_default_modes(tmp)
+                os.replace(tmp, ldir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed when anything failed
         logger.info("%s", lyap.summary())
     if (folder / EVAL_BEFORE_FILE).is_file():
         before = EvalReport.load(folder / EVAL_BEFORE_FILE)
@@ -229,18 +236,24 @@ def stage_tries(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Dataset
                 lyap: SDEstimate | None, before: EvalReport, tolerance: float) -> TriesResult:
     """Plan, compress and evaluate; with ``plan.tolerance``, raise until within it."""
     closed = cfg.plan.tolerance is not None
-    batches = []
+    fisher, curv = [], []
     if cfg.plan.strategy == "fisher":
         fs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed, replacement=cfg.data.replacement)
-        batches = fs.take(cfg.plan.fisher_batches)
-    modules, stats = planning_inputs(loaded.model, cfg.plan, params=_params(cfg), batches=batches, loss_fn=loaded.loss_fn)
+        fisher = fs.take(cfg.plan.fisher_batches)
+    if needs_curvature(cfg.plan):
+        cs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed + 1, replacement=cfg.data.replacement)
+        curv = cs.take(cfg.plan.curvature_batches)
+    inputs = planning_inputs(loaded.model, cfg.plan, params=_params(cfg), fisher_batches=fisher, curvature_batches=curv,
+                             loss_fn=loaded.loss_fn)
+    modules, stats, curvature = inputs.modules, inputs.stats, inputs.curvature
     result: TriesResult | None = None
     previous: dict | None = None
     for attempt in range(cfg.plan.max_tries if closed else 1):
         pcfg = cfg.plan.escalated(attempt)
         tdir = folder / TRIES_DIR / f"{attempt + 1:02d}" if closed else folder
         plan_path = tdir / PLAN_FILE
-        plan = Plan.load(plan_path) if plan_path.is_file() else make_plan(est, modules, pcfg, subspace=lyap, stats=stats)
+        plan = Plan.load(plan_path) if plan_path.is_file() else make_plan(est, modules, pcfg, subspace=lyap, stats=stats,
+                                                                                  curvature=curvature)
         if previous is not None and plan.to_dict()["modules"] == previous:
             logger.info("try %d would repeat the previous plan: nothing left to raise", attempt + 1)
             break

@@ -18,7 +18,9 @@ from sdcompress.models.targets import compile_pattern
 
 #: planner names accepted by ``PlanConfig.strategy`` (the schema's ``KNOWN_STRATEGIES``
 #: less "manual", which is what a hand-set ``target_rank`` records)
-STRATEGIES = ("sd", "uniform-rank", "energy", "fisher", "magnitude", "uniform-bits")
+STRATEGIES = ("sd", "uniform-rank", "size", "trace", "hawq", "energy", "fisher", "magnitude", "uniform-bits")
+#: strategies that split by the curvature restricted to each module (:mod:`sdcompress.plan.curvature`)
+CURVATURE_STRATEGIES = ("sd", "trace", "hawq")
 BASELINES = STRATEGIES[1:]
 BUDGET_KEYS = ("params_fraction", "bytes_fraction")
 SUPPORTED_BITS = (8, 4)
@@ -49,8 +51,8 @@ class PlanConfig(Validated):
         ignore: patterns of modules to leave alone.
         budget: ``{"params_fraction": f}`` or ``{"bytes_fraction": f}`` of the target
             modules' weights after compression; ``{}``: no budget (SD decides alone).
-        strategy: ``"sd"`` or a baseline name (``uniform-rank``, ``energy``, ``fisher``,
-            ``magnitude``, ``uniform-bits``).
+        strategy: ``"sd"`` or a baseline name (``uniform-rank``, ``size``, ``trace``,
+            ``hawq``, ``energy``, ``fisher``, ``magnitude``, ``uniform-bits``).
         seed: seed of the batches used for planning statistics (Fisher baseline).
         sd_scale: each module keeps at least ``sd_scale`` × its share of SD degrees of
             freedom (1 = the floor; the closed loop raises it).
@@ -68,6 +70,11 @@ class PlanConfig(Validated):
         fisher_batches: minibatches used for the Fisher baseline's squared gradients.
         clip_rank: a hand-set rank larger than a module's full rank keeps that module
             dense instead of being refused (the closed loop sets it as ranks grow).
+        curvature_batches: minibatches the per-module curvature (Hessian trace and
+            truncation costs, :mod:`sdcompress.plan.curvature`) is averaged over, for the
+            ``sd``, ``trace`` and ``hawq`` strategies; 0: do not measure it (the SD plan
+            then falls back to the per-module floors).
+        curvature_probes: Hutchinson probes per minibatch for the per-module traces.
     """
 
     SECTION: ClassVar[str] = "plan"
@@ -90,6 +97,8 @@ class PlanConfig(Validated):
     growth: float = 1.5
     fisher_batches: int = 4
     clip_rank: bool = False
+    curvature_batches: int = 2
+    curvature_probes: int = 8
 
     # -- derived views ---------------------------------------------------------------
     @property
@@ -182,6 +191,8 @@ class PlanConfig(Validated):
         if not is_number(self.near_full) or not 0 < self.near_full <= 1:
             raise FieldError(s, "near_full", "in (0, 1]", self.near_full)
         need_int(s, "seed", self.seed, 0)
+        for name in ("curvature_batches", "curvature_probes"):
+            need_int(s, name, getattr(self, name), 0)
         for name in ("group_size", "max_tries", "fisher_batches"):
             need_int(s, name, getattr(self, name), 1)
         if not is_number(self.growth) or not self.growth > 1:
@@ -192,4 +203,4 @@ class PlanConfig(Validated):
         return self
 
 
-__all__ = ["BASELINES", "BUDGET_KEYS", "PlanConfig", "STRATEGIES", "SUPPORTED_BITS"]
+__all__ = ["BASELINES", "BUDGET_KEYS", "CURVATURE_STRATEGIES", "PlanConfig", "STRATEGIES", "SUPPORTED_BITS"]

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -224,40 +222,6 @@ def module_statistics(
     return out
 
 
-def planning_inputs(
-    model: nn.Module,
-    config: PlanConfig,
-    *,
-    params: Sequence[str] | None = None,
-    batches: Sequence[Batch] = (),
-    loss_fn: Any = torch.nn.functional.cross_entropy,
-) -> tuple[list[ModuleInfo], dict[str, ModuleStats] | None]:
-    """What the pure planner needs from a model: its target modules and, for the
-    ``energy`` and ``fisher`` baselines, their statistics (the one planning glue, used by
-    :func:`sdcompress.api.plan_model` and the pipeline's closed loop).
-
-    Args:
-        model: the model (not changed).
-        config: the planner's settings (``targets``, ``ignore``, ``strategy``).
-        params: the parameter patterns of the estimate (``SDEstimate.params``).
-        batches: minibatches of the Fisher baseline's squared gradients.
-        loss_fn: loss on (logits, targets) for tuple batches.
-
-    Returns:
-        ``(modules, stats)``; ``stats`` is ``None`` unless the strategy needs it.
-
-    Raises:
-        ModelError: a target pattern matches nothing.
-        PlanError: a hand-set rank above a target's full rank.
-    """
-    modules = describe_modules(model, config.targets, config.ignore, params=list(params) if params else None)
-    check_target_rank(config, modules)
-    stats = None
-    if config.strategy in ("energy", "fisher"):
-        stats = module_statistics(model, modules, batches if config.strategy == "fisher" else (), loss_fn=loss_fn)
-    return modules, stats
-
-
 def stats_to_dict(stats: Mapping[str, ModuleStats]) -> dict[str, dict]:
     """JSON view of :func:`module_statistics`' result."""
     return {k: {"singular_values": list(v.singular_values), "fisher_rows": None if v.fisher_rows is None else list(v.fisher_rows)} for k, v in stats.items()}
@@ -272,7 +236,6 @@ __all__ = [
     "default_targets",
     "describe_modules",
     "module_statistics",
-    "planning_inputs",
     "resolve_targets",
     "stats_to_dict",
 ]
