@@ -231,12 +231,12 @@ class SDTracker:
 
 
 def _cycled(batches: list[Batch], config: Any) -> list[Batch]:
-    """The tracking batches repeated to the number the estimator draws (one per SLQ run,
-    exact minibatch or Lyapunov step): the fixed batches are meant to be reused, so the
-    estimator should not warn that it is cycling them."""
-    method = getattr(config, "method", "ps")
-    needed = {"exact": "n_batches", "lyapunov": "lyapunov_steps"}.get(method, "slq_runs")
-    n = max(len(batches), int(getattr(config, needed, len(batches))))
+    """The tracking batches as the estimator should see them: as given (a list gives every
+    batch equal weight: exact uses each once, SLQ gives each the same number of runs), and
+    for ``"lyapunov"`` repeated in order to one batch per step (a periodic trajectory)."""
+    if getattr(config, "method", "ps") != "lyapunov":
+        return list(batches)
+    n = max(len(batches), int(getattr(config, "lyapunov_steps", len(batches))))
     return [batches[i % len(batches)] for i in range(n)]
 
 
