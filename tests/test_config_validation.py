@@ -178,3 +178,12 @@ def test_no_other_range_check_of_the_step_size():
     assert hits == [], hits
     assert {"train/config.py", "estimator/estimate.py", "estimator/lyapunov_sgd.py", "linalg/operators.py", "callback.py",
             "experiments/common.py"} <= {str(p.relative_to(pkg)) for p in pkg.rglob("*.py") if "check_step_size(" in p.read_text()}
+
+
+def test_recipe_shortcut_options_are_reported_under_their_names(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name: mlp}\n")
+    assert main(["recipe", str(recipe), "--seed", "-1", "--check"]) == 2
+    assert "--seed must be an integer ≥ 0, got -1" in _one_line_error(capsys)
+    assert main(["recipe", str(recipe), "--set", "seed=-1", "--check"]) == 2
+    assert "seed: must be an integer ≥ 0, got -1" in _one_line_error(capsys)
