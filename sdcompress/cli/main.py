@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("sdcompress.cli.evaluate", "test loss, gap and SD of a (compressed) model"),
     "recipe": ("sdcompress.cli.recipe", "run a YAML recipe"),
     "report": ("sdcompress.cli.report", "re-render report.md and plots of a finished run folder"),
+    "export": ("sdcompress.cli.export", "export a compressed model for plain transformers (dense or remote code)"),
 }
 PIPELINE_MODULE = "sdcompress.cli.run"
 _GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")

@@ -36,7 +36,7 @@ from sdcompress.pipeline.folder import (
     TRAINED_DIR,
     TRIES_DIR,
 )
-from sdcompress.plan import Plan, describe_modules, make_plan, module_statistics
+from sdcompress.plan import CURVATURE_STRATEGIES, Plan, describe_modules, make_plan, module_curvature, module_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ def check_targets(cfg: RunConfig, loaded: LoadedModel) -> None:
     """
     from sdcompress.errors import PlanError
 
+    cfg.check_model(loaded.model)  # estimator settings that need d (Lyapunov m ≤ d, exact's size)
     modules = describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore)
     if cfg.plan.rank_mode == "manual" and not cfg.plan.clip_rank and cfg.plan.strategy == "sd":
         k = int(cfg.plan.target_rank)
@@ -255,13 +256,20 @@ def stage_tries(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Dataset
             fs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed, replacement=cfg.data.replacement)
             batches = fs.take(cfg.plan.fisher_batches)
         stats = module_statistics(loaded.model, modules, batches, loss_fn=loaded.loss_fn)
+    curvature = None
+    if (cfg.plan.strategy in CURVATURE_STRATEGIES and cfg.plan.curvature_batches > 0
+            and (cfg.plan.strategy != "sd" or cfg.plan.rank_mode == "auto")):
+        cs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed + 1, replacement=cfg.data.replacement)
+        curvature = module_curvature(loaded.model, modules, cs.take(cfg.plan.curvature_batches), loss_fn=loaded.loss_fn,
+                                     probes=cfg.plan.curvature_probes, seed=cfg.plan.seed)
     result: TriesResult | None = None
     previous: dict | None = None
     for attempt in range(cfg.plan.max_tries if closed else 1):
         pcfg = cfg.plan.escalated(attempt)
         tdir = folder / TRIES_DIR / f"{attempt + 1:02d}" if closed else folder
         plan_path = tdir / PLAN_FILE
-        plan = Plan.load(plan_path) if plan_path.is_file() else make_plan(est, modules, pcfg, subspace=lyap, stats=stats)
+        plan = Plan.load(plan_path) if plan_path.is_file() else make_plan(est, modules, pcfg, subspace=lyap, stats=stats,
+                                                                                  curvature=curvature)
         if previous is not None and plan.to_dict()["modules"] == previous:
             logger.info("try %d would repeat the previous plan: nothing left to raise", attempt + 1)
             break
