@@ -27,9 +27,18 @@ EoS sits in the weight-decay-contracted bulk for ~1,000 steps). ``lyapunov_warm_
 ``"jacobian"`` starts the frame from the m eigenvectors of the first step's Jacobian
 J_0 = (1 − η·wd) I − η H_{B_0}(w_0) with the largest |eigenvalue| (a Lanczos run of
 ``2m + 20`` products on J_0, both ends of the spectrum), ``"random"`` from a seeded
-Gaussian frame. ``lyapunov_tol`` turns ``lyapunov_steps`` into a cap: the run stops as
-soon as the halves test of :func:`~sdcompress.estimator.lyapunov.halves_test` passes,
-and ``SDEstimate.converged`` says whether it did (``convergence`` holds the numbers).
+Gaussian frame. ``lyapunov_tol`` turns ``lyapunov_steps`` into a cap and carries a
+second frame, started at random (seed + 1), along the same orbit: its m tangents share
+the step's gradient graph with the main frame's. At every check the window is the last
+half of the steps (the first half is burn-in) and the run stops as soon as
+:func:`~sdcompress.estimator.lyapunov.frames_test` passes: each frame's half-means agree
+within ``tol``, their standard errors are ≤ ``tol`` / 2, and the two frames' sorted
+exponents agree within ``tol``. A frame stuck in the bulk is stable too, so stability of
+one frame is not enough (on the digits MLP a random frame "passes" the halves test after
+100 steps at the bulk's −0.002); two differently started frames agree only once both
+have found the expanding directions. ``SDEstimate.converged`` says whether the test
+passed within the cap and ``convergence`` holds its numbers; an unconverged frame is
+reported as such and its subspace must not be called dominant.
 """
 
 from __future__ import annotations
@@ -70,7 +79,7 @@ _DEFAULTS: dict[str, Any] = {
     "n_bootstrap": 200,
     "confidence": 0.95,
     "hvp_method": None,  # None: the default path ("auto")
-    "lyapunov_tol": None,  # None: no convergence test, run all steps
+    "lyapunov_tol": None,  # None: no convergence test, run all steps; "auto": see resolve_tol
     "lyapunov_check_every": 50,
     "lyapunov_warm_start": "random",
 }
@@ -285,6 +294,29 @@ def jacobian_warm_frame(
     return frame.contiguous(), info
 
 
+def resolve_tol(tol: float | str | None, lr: float, weight_decay: float) -> float | None:
+    """The convergence tolerance: a number as given, ``"auto"`` → ½ |ln(1 − η·wd)| (1e-3 without wd).
+
+    ``"auto"`` is half the distance between the weight-decay-contracted bulk's exponent
+    ln(1 − η·wd) and 0, so a frame still in the bulk cannot agree with one that has found
+    expanding directions (measured on the digits MLP at η = 0.2, wd = 1e-2: the bulk sits
+    at −0.0020, the dominant exponents at +0.0001 … +0.0019).
+
+    Raises:
+        ConfigError: a string other than ``"auto"``, or a number that is not finite and > 0.
+    """
+    if tol is None:
+        return None
+    if isinstance(tol, str):
+        if tol != "auto":
+            raise ConfigError(f"lyapunov_tol must be a number > 0, 'auto' or None, got {tol!r}")
+        shrink = abs(1.0 - lr * weight_decay)
+        return 0.5 * abs(math.log(shrink)) if weight_decay > 0 and 0 < shrink != 1.0 else 1e-3
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
+        raise ConfigError(f"lyapunov_tol must be a number > 0, 'auto' or None, got {tol!r}")
+    return float(tol)
+
+
 def _setting(config: Any, name: str) -> Any:
     return getattr(config, name, _DEFAULTS[name]) if config is not None else _DEFAULTS[name]
 
@@ -321,7 +353,10 @@ def lyapunov_sd(
             vmap call), ``hvp_method`` (the operator's default), ``n_bootstrap`` (200),
             ``confidence`` (0.95) and ``neutral_tol`` (1e-6: an exponent is counted in
             ``n_neutral`` when |Λ − ln|1 − η·wd|| ≤ neutral_tol, the exponent of a
-            zero-curvature direction).
+            zero-curvature direction), ``lyapunov_tol`` (``None``: no test;
+            ``"auto"``: :func:`resolve_tol`), ``lyapunov_check_every`` (50) and
+            ``lyapunov_warm_start`` (``"random"`` here; ``EstimateConfig`` defaults
+            to ``"jacobian"``).
 
     Returns:
         An :class:`SDEstimate` with ``method="lyapunov"``: ``exponents`` (m, sorted
@@ -330,7 +365,8 @@ def lyapunov_sd(
         ``exponents[j]``, and ``extras`` with ``module_energy``, ``param_energy``,
         ``exponent_energy`` (columns in the order of ``exponents``), ``exponent_stderr``,
         ``running_exponents`` and ``running_sd`` (per averaged step, for convergence
-        plots) and ``n_grad``.
+        plots) and ``n_grad``; ``converged`` and ``convergence`` (the test's numbers,
+        steps and products) when a tolerance was set.
 
     Raises:
         ConfigError: lr ≤ 0 or not finite, weight_decay < 0.
@@ -352,7 +388,7 @@ def lyapunov_sd(
     neutral_tol = _setting(config, "neutral_tol")
     n_boot, confidence = _setting(config, "n_bootstrap"), _setting(config, "confidence")
     hvp_method = _setting(config, "hvp_method") or "auto"
-    tol = _setting(config, "lyapunov_tol")
+    tol = resolve_tol(_setting(config, "lyapunov_tol"), lr, weight_decay)
     check_every = _setting(config, "lyapunov_check_every")
     warm = _setting(config, "lyapunov_warm_start")
     if warm not in WARM_STARTS:
@@ -379,7 +415,7 @@ def lyapunov_sd(
         n_hvp[0] += warm_info["warm_start_hvp"]
     res = lyapunov_spectrum(
         sgd_step, w0, m, steps, warmup, seed=seed, q0=q0, step_jvp_fn=step_and_tangents, tol=tol,
-        check_every=check_every, desc="Lyapunov (SGD)",
+        check_every=check_every, twin_seed=None if tol is None else seed + 1, desc="Lyapunov (SGD)",
     )
     (low, high), stderr, n_blocks = block_bootstrap_dimension(
         res.log_stretch, n_blocks=_N_BLOCKS, n_boot=n_boot, level=confidence, seed=seed
