@@ -470,3 +470,77 @@ def test_float32_state_keeps_a_float32_frame() -> None:
     assert res.Q.dtype == torch.float32
     ref = lyapunov_spectrum(lambda x: A.double() @ x, torch.ones(50, dtype=F64), 5, steps=40, warmup=10)
     np.testing.assert_allclose(res.exponents, ref.exponents, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["double-backward", "vmap", "loop"])
+def test_one_graph_step_equals_gradient_and_dense_jacobian(digits, method: str) -> None:
+    from sdcompress.estimator.lyapunov_sgd import sgd_step_and_tangents
+    from sdcompress.linalg.dense import dense_hessian
+
+    lm = load_model("mlp", widths=(64, 5, 10))
+    floss = FunctionalLoss(lm.model.double(), loss_fn=lm.loss_fn)
+    batch = tuple(t.double() if t.is_floating_point() else t for t in BatchStream(digits.train, 16, seed=0).batch(0))
+    w = floss.params_vector()
+    Q = torch.linalg.qr(torch.randn(floss.d, 3, generator=torch.Generator().manual_seed(1), dtype=F64))[0]
+    lr, wd = 0.4, 0.02
+    w1, Z = sgd_step_and_tangents(floss, batch, w, Q, lr=lr, weight_decay=wd, method=method, chunk_size=2)
+    g = torch.func.grad(lambda x: floss(x, batch))(w)
+    H = dense_hessian(floss, batch, w)
+    torch.testing.assert_close(w1, w - lr * (g + wd * w), rtol=0, atol=1e-13)
+    torch.testing.assert_close(Z, (1 - lr * wd) * Q - lr * H @ Q, rtol=0, atol=1e-12)
+
+
+def test_lyapunov_sd_converges_on_the_quadratic_and_records_it() -> None:
+    d, m = 8, 3
+    U = _orthogonal(d, seed=4)
+    model = _Quadratic(U, _A_EIGS.clone(), 0.0)  # a constant Jacobian: exponents ln|1 − ηa − η·wd|
+    data = ArrayDataset({"inputs": torch.zeros(16, d, dtype=F64), "targets": torch.zeros(16, dtype=torch.long)}, "classification")
+    floss = FunctionalLoss(model, loss_fn=lambda out, _targets: out)
+    wd = 0.05
+    cfg = _cfg(m, 400, 0, lyapunov_tol="auto", lyapunov_check_every=25, lyapunov_warm_start="jacobian", n_bootstrap=0)
+    est = lyapunov_sd(floss, BatchStream(data, 4, seed=0), lr=_LR, weight_decay=wd, config=cfg)
+    closed = np.sort(np.log(np.abs(1 - _LR * wd - _LR * _A_EIGS.numpy())))[::-1][:m]
+    assert est.converged is True
+    c = est.convergence
+    tol = 0.5 * abs(math.log(1 - _LR * wd))
+    assert c["tol"] == pytest.approx(tol) and c["test"] == "frames" and c["warm_start"] == "jacobian"
+    assert c["steps"] < 400 and c["max_frame_difference"] <= tol
+    # the warm start is J's top-|σ| eigenvectors: exact from the first step
+    np.testing.assert_allclose(est.exponents, closed, atol=1e-8)
+    np.testing.assert_allclose(est.extras["warm_start_log_stretch"], closed, atol=1e-8)
+    # products: the warm start's Lanczos run plus 2m per step (the frame and its random twin)
+    assert est.n_hvp == est.extras["warm_start_hvp"] + 2 * m * c["steps"] == c["hvp"]
+    assert est.extras["n_grad"] == c["steps"]
+    d_ = est.to_dict()
+    assert d_["converged"] is True and d_["convergence"]["steps"] == c["steps"]
+
+
+def test_lyapunov_sd_at_eos_is_not_called_converged_after_100_steps(digits) -> None:
+    """PAPER.md §8: on the digits MLP at EoS a frame needs ~1,000 steps. A 100-step cap must
+    report "not converged" (the frames disagree: the random twin is still in the bulk)."""
+    from sdcompress.train import pretrained_builtin
+
+    loaded, data, result = pretrained_builtin("mlp")
+    cfg_t = result.to_dict()["config"]
+    floss = FunctionalLoss(loaded.model, loss_fn=loaded.loss_fn)
+    cfg = _cfg(8, 100, 0, lyapunov_tol="auto", lyapunov_warm_start="jacobian", n_bootstrap=0)
+    est = lyapunov_sd(floss, BatchStream(data.train, 64, seed=1), lr=cfg_t["lr"], weight_decay=cfg_t["weight_decay"], config=cfg)
+    assert est.converged is False
+    c = est.convergence
+    assert c["steps"] == 100 and not c["passed"]
+    assert c["max_frame_difference"] > c["tol"] or not c["frame_b_halves"]["passed"] or c["max_stderr"] > c["tol"] / 2
+
+
+def test_lyapunov_settings_are_refused_with_the_fix(digits) -> None:
+    from sdcompress.estimator import EstimateConfig
+
+    floss = FunctionalLoss(load_model("mlp", widths=(64, 4, 10)).model, loss_fn=nn.functional.cross_entropy)
+    stream = BatchStream(digits.train, 8, seed=0)
+    with pytest.raises(ConfigError, match="lyapunov_tol"):
+        lyapunov_sd(floss, stream, lr=0.1, config=_cfg(2, 5, 1, lyapunov_tol="often"))
+    with pytest.raises(ConfigError, match="lyapunov_warm_start"):
+        lyapunov_sd(floss, stream, lr=0.1, config=_cfg(2, 5, 1, lyapunov_warm_start="ritz"))
+    for bad in ({"lyapunov_tol": 0.0}, {"lyapunov_tol": "sometimes"}, {"lyapunov_check_every": 0},
+                {"lyapunov_warm_start": "hessian"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            EstimateConfig(method="lyapunov", **bad).validate()

@@ -249,9 +249,8 @@ def halves_test(log_stretch: np.ndarray, tol: float, *, n_blocks: int = 10) -> d
     n, m = log_stretch.shape
     out: dict[str, Any] = {"test": "halves", "tol": float(tol), "averaged_steps": int(n)}
     if n < max(4, 2 * n_blocks):
-        return {**out, "passed": False, "max_half_difference": float("nan"), "max_stderr": float("nan"),
-                "first_half": [], "second_half": [], "dimension_first_half": float("nan"),
-                "dimension_second_half": float("nan")}
+        return {**out, "passed": False, "max_half_difference": None, "max_stderr": None,
+                "first_half": [], "second_half": [], "dimension_first_half": None, "dimension_second_half": None}
     half = n // 2
     first = np.sort(log_stretch[:half].mean(axis=0))[::-1]
     second = np.sort(log_stretch[half:].mean(axis=0))[::-1]
@@ -304,7 +303,7 @@ def frames_test(
     b = halves_test(log_stretch_b, tol)
     out = {**a, "test": "frames"}
     if len(log_stretch_a) == 0:
-        return {**out, "passed": False, "max_frame_difference": float("nan"), "frame_b": []}
+        return {**out, "passed": False, "max_frame_difference": None, "frame_b": []}
     ea = np.sort(log_stretch_a.mean(axis=0))[::-1]
     eb = np.sort(log_stretch_b.mean(axis=0))[::-1]
     diff = float(np.max(np.abs(ea - eb)))

@@ -224,11 +224,13 @@ def sgd_step_and_tangents(
         parts, g = [], None
         for i in range(0, m, size):
             block = Q[:, i : i + size]
-            gs, hv = (both(block[:, 0]) if size == 1 else torch.func.vmap(both, in_dims=1, out_dims=1)(block))
             if size == 1:
-                gs, hv = gs[:, None], hv[:, None]
-            g = gs[:, 0] if g is None else g
-            parts.append(hv)
+                gs, hv = both(block[:, 0])
+                gs, hv = gs[None], hv[None]
+            else:  # rows out (k, d): an unbatched primal cannot be expanded along dim 1
+                gs, hv = torch.func.vmap(both, in_dims=1, out_dims=0)(block)
+            g = gs[0] if g is None else g
+            parts.append(hv.T)
         HQ = torch.cat(parts, dim=1).detach()
         g = g.detach()  # type: ignore[union-attr]
     if is_distributed():
