@@ -472,7 +472,7 @@ def test_float32_state_keeps_a_float32_frame() -> None:
     np.testing.assert_allclose(res.exponents, ref.exponents, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["double-backward", "vmap", "loop"])
+@pytest.mark.parametrize("method", ["auto", "double-backward", "vmap", "loop"])
 def test_one_graph_step_equals_gradient_and_dense_jacobian(digits, method: str) -> None:
     from sdcompress.estimator.lyapunov_sgd import sgd_step_and_tangents
     from sdcompress.linalg.dense import dense_hessian

@@ -84,6 +84,10 @@ _DEFAULTS: dict[str, Any] = {
     "lyapunov_warm_start": "random",
 }
 WARM_STARTS = ("random", "jacobian")
+#: with hvp_method "auto" on CPU, models up to this size take the m products as vmapped
+#: backward passes (measured, 1 thread, m = 16: 5.9 vs 14.3 ms on the digits MLP, d = 1,440;
+#: 0.86 vs 0.74 s on tiny-gpt2, d = 35,744, where the loop stays)
+BATCHED_BACKWARD_MAX_D = 8192
 _N_BLOCKS = 10
 
 
@@ -183,7 +187,9 @@ def sgd_step_and_tangents(
 
     w' = w − η(g + wd·w) and Z = J Q = (1 − η·wd) Q − η H Q with g = ∇L_B(w) and H = ∇²L_B(w).
     ``"double-backward"`` (the CPU default): g is computed once with ``create_graph=True``
-    and each column of H Q is one more backward pass through that graph. ``"vmap"`` (the
+    and each column of H Q is one more backward pass through that graph (with ``"auto"``
+    and d ≤ ``BATCHED_BACKWARD_MAX_D``, chunks of ``chunk_size`` columns go through one
+    vmapped backward pass, ``is_grads_batched``). ``"vmap"`` (the
     CUDA default for blocks): ``vmap(jvp(grad))`` over Q's columns in chunks; the primal
     output of the first chunk is g. ``"loop"``: the same jvp one column at a time. Under
     ``torch.distributed`` each process takes its shard of B and g and H Q are all-reduced.
@@ -205,12 +211,21 @@ def sgd_step_and_tangents(
     m = Q.shape[1]
     how = resolve_method(method, m, w.device)  # type: ignore[arg-type]
     if how == "double-backward":
+        # "auto" on a small model: one vmapped backward pass per chunk of columns
+        # (is_grads_batched), 2.3× faster than a loop on the digits MLP, slower on tiny-gpt2
+        batched = method == "auto" and floss.d <= BATCHED_BACKWARD_MAX_D and m > 1
+        size = m if chunk_size is None else max(1, chunk_size)
         x = w.detach().requires_grad_(True)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(floss(x, shard), x, create_graph=True)
-            rows = [torch.autograd.grad(g, x, Q[:, i], retain_graph=True)[0] for i in range(m)]
+            if batched:
+                rows = [torch.autograd.grad(g, x, Q[:, i : i + size].T.contiguous(), retain_graph=True, is_grads_batched=True)[0]
+                        for i in range(0, m, size)]
+                HQ = torch.cat(rows, dim=0).T.detach()
+            else:
+                rows = [torch.autograd.grad(g, x, Q[:, i], retain_graph=True)[0] for i in range(m)]
+                HQ = torch.stack(rows, dim=1).detach()
         g = g.detach()
-        HQ = torch.stack(rows, dim=1).detach()
         del rows, x
     else:
         gfun = torch.func.grad(lambda y: floss(y, shard))
