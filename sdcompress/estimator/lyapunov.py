@@ -342,6 +342,7 @@ def lyapunov_spectrum(
     check_every: int = 50,
     min_steps: int = 0,
     twin_seed: int | None = None,
+    twin_q0: Tensor | None = None,
     desc: str = "Lyapunov",
 ) -> LyapunovResult:
     """Top-m Lyapunov exponents of a differentiable map along the orbit of ``x0`` (QR method).
@@ -385,6 +386,9 @@ def lyapunov_spectrum(
             same orbit (its m tangents go through the same ``step_jvp_fn`` call as the
             main frame's, as one (d, 2m) block); the convergence test then also needs
             the two frames' exponents to agree (:func:`frames_test`). Requires ``tol``.
+            The two frames must start *differently* (one warm, one random): two random
+            frames can agree while both are still stuck in a contracted bulk.
+        twin_q0: the second frame's start (d, m) instead of a random one.
         desc: label of the progress bar.
 
     Returns:
@@ -412,13 +416,14 @@ def lyapunov_spectrum(
             with torch.no_grad():
                 return f(x, t).detach(), Z
 
-    if twin_seed is not None and tol is None:
-        raise EstimatorError("a twin frame (twin_seed) is only used by the convergence test: set tol as well")
+    twin = twin_seed is not None or twin_q0 is not None
+    if twin and tol is None:
+        raise EstimatorError("a twin frame (twin_seed, twin_q0) is only used by the convergence test: set tol as well")
     start = time.perf_counter()
     x = x0.detach()
     frames = [_initial_frame(x, m, seed, q0)]
-    if twin_seed is not None:
-        frames.append(_initial_frame(x, m, twin_seed, None))
+    if twin:
+        frames.append(_initial_frame(x, m, 0 if twin_seed is None else twin_seed, twin_q0))
     k = len(frames)
     log_stretch = np.empty((k, steps, m), dtype=np.float64)  # every step; the window is cut at the end
     qr_methods: dict[str, int] = {}

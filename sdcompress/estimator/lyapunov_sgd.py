@@ -28,15 +28,17 @@ EoS sits in the weight-decay-contracted bulk for ~1,000 steps). ``lyapunov_warm_
 J_0 = (1 − η·wd) I − η H_{B_0}(w_0) with the largest |eigenvalue| (a Lanczos run of
 ``2m + 20`` products on J_0, both ends of the spectrum), ``"random"`` from a seeded
 Gaussian frame. ``lyapunov_tol`` turns ``lyapunov_steps`` into a cap and carries a
-second frame, started at random (seed + 1), along the same orbit: its m tangents share
-the step's gradient graph with the main frame's. At every check the window is the last
+second frame along the same orbit, started the other way (at random, seed + 1, when the
+reported frame is warm-started; from the Jacobian when it is random): its m tangents
+share the step's gradient graph with the main frame's. At every check the window is the last
 half of the steps (the first half is burn-in) and the run stops as soon as
 :func:`~sdcompress.estimator.lyapunov.frames_test` passes: each frame's half-means agree
 within ``tol``, their standard errors are ≤ ``tol`` / 2, and the two frames' sorted
 exponents agree within ``tol``. A frame stuck in the bulk is stable too, so stability of
 one frame is not enough (on the digits MLP a random frame "passes" the halves test after
-100 steps at the bulk's −0.002); two differently started frames agree only once both
-have found the expanding directions. ``SDEstimate.converged`` says whether the test
+100 steps at the bulk's −0.002), and neither are two random frames (they agreed at the
+bulk after 50 steps); a warm and a random frame agree only once the random one has left
+the bulk. ``SDEstimate.converged`` says whether the test
 passed within the cap and ``convergence`` holds its numbers; an unconverged frame is
 reported as such and its subspace must not be called dominant.
 """
@@ -423,16 +425,19 @@ def lyapunov_sd(
     def sgd_step(w: Tensor, t: int) -> Tensor:  # unused by the loop (step_jvp_fn is given)
         return step_and_tangents(w, w[:, None], t)[0]
 
+    # the convergence test needs two DIFFERENTLY started frames (one warm, one random: two random
+    # frames agree while both sit in the bulk); lyapunov_warm_start says which one is reported
     warm_info: dict[str, Any] = {}
-    q0 = None
-    if warm == "jacobian" and isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= floss.d:
+    jac = None
+    if (warm == "jacobian" or tol is not None) and isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= floss.d:
         hvp_kw = {} if hvp_method == "auto" else {"method": hvp_method}
-        q0, warm_info = jacobian_warm_frame(floss, source(0), w0, m, lr=lr, weight_decay=weight_decay, seed=seed,
-                                            chunk_size=chunk_size, hvp_kw=hvp_kw)
+        jac, warm_info = jacobian_warm_frame(floss, source(0), w0, m, lr=lr, weight_decay=weight_decay, seed=seed,
+                                             chunk_size=chunk_size, hvp_kw=hvp_kw)
         n_hvp[0] += warm_info["warm_start_hvp"]
+    q0, twin = (jac, None) if warm == "jacobian" else (None, jac)
     res = lyapunov_spectrum(
         sgd_step, w0, m, steps, warmup, seed=seed, q0=q0, step_jvp_fn=step_and_tangents, tol=tol,
-        check_every=check_every, twin_seed=None if tol is None else seed + 1, desc="Lyapunov (SGD)",
+        check_every=check_every, twin_seed=None if tol is None else seed + 1, twin_q0=twin, desc="Lyapunov (SGD)",
     )
     (low, high), stderr, n_blocks = block_bootstrap_dimension(
         res.log_stretch, n_blocks=_N_BLOCKS, n_boot=n_boot, level=confidence, seed=seed
