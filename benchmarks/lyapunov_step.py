@@ -21,7 +21,11 @@
    wd = 1e-2, 1,000 SGD steps), m = 16, the ``"auto"`` tolerance ½ |ln(1 − η·wd)| =
    0.001 and a two-frame test (:func:`~sdcompress.estimator.lyapunov.frames_test`), from
    the Jacobian warm start and from a random frame, capped at 4,000 steps: steps and
-   products to convergence, D_Λ, the exponents, and the time.
+   products to convergence, D_Λ, the exponents, and the time. (Both runs carry the same
+   pair of frames, one warm and one random, and differ in which one is reported.)
+3. Which start converges faster per product: one frame each (no test), 2,000 steps from
+   the Jacobian warm start and from a random frame; the sorted block means of the 16
+   exponents per 250 steps.
 
 Writes ``results/bench/lyapunov_step.json`` (every number, with the machine and its load)
 and ``results/bench/lyapunov_step.md``. Run::
@@ -156,6 +160,33 @@ def bench_convergence(max_steps: int) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_single_frames(steps: int, block: int = 250) -> list[dict[str, Any]]:
+    import numpy as np
+
+    from sdcompress.train import pretrained_builtin
+
+    loaded, data, result = pretrained_builtin("mlp")
+    tc = result.to_dict()["config"]
+    floss = FunctionalLoss(loaded.model, loss_fn=loaded.loss_fn)
+    rows = []
+    for warm in ("jacobian", "random"):
+        cfg = SimpleNamespace(lyapunov_exponents=16, lyapunov_steps=steps, lyapunov_warmup=0, lyapunov_tol=None,
+                              lyapunov_warm_start=warm, n_bootstrap=0)
+        start = time.perf_counter()
+        est = lyapunov_sd(floss, BatchStream(data.train, 64, seed=1), lr=tc["lr"], weight_decay=tc["weight_decay"], config=cfg)
+        running = np.asarray(est.extras["running_exponents"])
+        total = running * np.arange(1, len(running) + 1)[:, None]
+        per_step = np.diff(np.vstack([np.zeros(running.shape[1]), total]), axis=0)
+        blocks = []
+        for a in range(0, len(per_step), block):
+            means = np.sort(per_step[a : a + block].mean(axis=0))[::-1]
+            blocks.append({"from": a, "to": a + block, "max": float(means[0]), "median": float(np.median(means)), "min": float(means[-1])})
+        rows.append({"warm_start": warm, "steps": steps, "hvp": est.n_hvp, "seconds": time.perf_counter() - start,
+                     "blocks": blocks, "load": load()})
+        logger.info("  single frame, %s: %d HVPs, %.0f s (load %s)", warm, est.n_hvp, rows[-1]["seconds"], load())
+    return rows
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = ["# One Lyapunov step, before and after (one gradient graph, Cholesky-QR2 in the model's dtype)", "",
              f"Command: `{res['command']}`; {res['machine']}; torch {res['torch']}; 1 thread; "
@@ -189,6 +220,16 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["", f"Tolerance {res['convergence'][0]['tol']:.4g}; the bulk contracted by weight decay sits at "
                   f"ln(1 − η·wd) = {-2 * res['convergence'][0]['tol']:.4g}. Exponents are the means over the last half of the "
                   "steps (the first half is burn-in)."]
+    if res.get("single_frames"):
+        rows = res["single_frames"]
+        lines += ["", "## One frame from each start, no test (digits MLP at EoS, m = 16)", "",
+                  "Sorted means of the 16 per-step log-stretches over each block of steps: max / median / min. "
+                  f"The bulk's exponent is ln(1 − η·wd) ≈ {-2 * res['convergence'][0]['tol']:.4f}." if res.get("convergence") else "", "",
+                  "| steps | " + " | ".join(r["warm_start"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
+        for i, b in enumerate(rows[0]["blocks"]):
+            cells = [f"{r['blocks'][i]['max']:+.5f} / {r['blocks'][i]['median']:+.5f} / {r['blocks'][i]['min']:+.5f}" for r in rows]
+            lines.append(f"| {b['from']}–{b['to']} | " + " | ".join(cells) + " |")
+        lines += ["", "Products: " + ", ".join(f"{r['warm_start']} {r['hvp']:,} in {r['seconds']:.0f} s" for r in rows) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -213,6 +254,8 @@ def main() -> None:
     if not args.quick:
         logger.info("convergence on the digits MLP at EoS")
         res["convergence"] = bench_convergence(args.max_steps)
+        logger.info("one frame from each start, no test")
+        res["single_frames"] = bench_single_frames(2000)
     res["load_end"], res["seconds"] = load(), time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "lyapunov_step.json", res)

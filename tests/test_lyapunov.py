@@ -440,7 +440,7 @@ def test_two_frames_converge_to_the_closed_form_or_say_they_did_not() -> None:
     assert res.converged is True
     c = res.convergence
     assert c["test"] == "frames" and c["passed"] and c["frames"] == 2
-    assert c["max_frame_difference"] <= 1e-3 and c["max_stderr"] <= 5e-4
+    assert c["max_frame_difference"] <= 1e-3 and c["max_stderr"] <= 5e-4 and c["dimension_difference"] <= 1.0
     # the random twin needed hundreds of steps to leave the bulk; then both agree
     assert 600 <= res.steps < 4000 and c["burn_in"] == res.steps // 2
     np.testing.assert_allclose(res.exponents, closed, atol=1e-12)  # the warm frame is exact here
@@ -546,3 +546,18 @@ def test_lyapunov_settings_are_refused_with_the_fix(digits) -> None:
                 {"lyapunov_warm_start": "hessian"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             EstimateConfig(method="lyapunov", **bad).validate()
+
+
+def test_frames_test_needs_the_dimensions_to_agree() -> None:
+    from sdcompress.estimator.lyapunov import frames_test
+
+    rng = np.random.default_rng(0)
+    base = np.array([5e-4, 4e-4, 3e-4, 2e-4])
+    # frame b: the same within 4e-4 per exponent, but its smaller ones turned negative
+    a = base + 1e-5 * rng.standard_normal((400, 4))
+    b = base - np.array([0.0, 5e-4, 9e-4, 9e-4]) + 1e-5 * rng.standard_normal((400, 4))
+    res = frames_test(a, b, 1e-3)
+    assert res["max_frame_difference"] < 1e-3 and res["max_stderr"] < 5e-4
+    assert res["dimension_frame_a"] == 4.0 and res["dimension_frame_b"] < 3.0
+    assert not res["passed"] and res["dimension_difference"] > 1.0
+    assert frames_test(a, a + 1e-6, 1e-3)["passed"]

@@ -33,8 +33,8 @@ reported frame is warm-started; from the Jacobian when it is random): its m tang
 share the step's gradient graph with the main frame's. At every check the window is the last
 half of the steps (the first half is burn-in) and the run stops as soon as
 :func:`~sdcompress.estimator.lyapunov.frames_test` passes: each frame's half-means agree
-within ``tol``, their standard errors are ≤ ``tol`` / 2, and the two frames' sorted
-exponents agree within ``tol``. A frame stuck in the bulk is stable too, so stability of
+within ``tol``, their standard errors are ≤ ``tol`` / 2, the two frames' sorted
+exponents agree within ``tol`` and their Lyapunov dimensions within one direction. A frame stuck in the bulk is stable too, so stability of
 one frame is not enough (on the digits MLP a random frame "passes" the halves test after
 100 steps at the bulk's −0.002), and neither are two random frames (they agreed at the
 bulk after 50 steps); a warm and a random frame agree only once the random one has left

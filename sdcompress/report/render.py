@@ -153,8 +153,8 @@ def lyapunov_convergence_lines(ly: dict[str, Any] | None) -> list[str]:
         x = c.get(key)
         return format(x, ".2g") if isinstance(x, (int, float)) and not isinstance(x, bool) else "n/a"
 
-    stats = (f"frames differ by {num('max_frame_difference')}, halves by {num('max_half_difference')}, "
-             f"standard error {num('max_stderr')}; tolerance {num('tol')}")
+    stats = (f"frames differ by {num('max_frame_difference')} (dimensions by {num('dimension_difference')}), halves by "
+             f"{num('max_half_difference')}, standard error {num('max_stderr')}; tolerance {num('tol')}")
     if ly.get("converged"):
         return ["", f"- Lyapunov subspace: converged after {steps} steps ({test} test: {stats}; {c.get('hvp')} products); "
                 f"D_Λ = {'≥ ' if ly.get('lower_bound') else ''}{_f(ly.get('sd'), '.1f')}"]
