@@ -561,3 +561,16 @@ def test_frames_test_needs_the_dimensions_to_agree() -> None:
     assert res["dimension_frame_a"] == 4.0 and res["dimension_frame_b"] < 3.0
     assert not res["passed"] and res["dimension_difference"] > 1.0
     assert frames_test(a, a + 1e-6, 1e-3)["passed"]
+
+
+def test_convergence_plot_is_written(tmp_path) -> None:
+    from sdcompress.estimator.plots import CONVERGENCE_PNG, plot_estimate
+
+    d, m = 8, 3
+    model = _Quadratic(_orthogonal(d, seed=4), _A_EIGS.clone(), 0.0)
+    data = ArrayDataset({"inputs": torch.zeros(16, d, dtype=F64), "targets": torch.zeros(16, dtype=torch.long)}, "classification")
+    floss = FunctionalLoss(model, loss_fn=lambda out, _targets: out)
+    est = lyapunov_sd(floss, BatchStream(data, 4, seed=0), lr=_LR, weight_decay=0.05,
+                      config=_cfg(m, 100, 0, lyapunov_tol="auto", lyapunov_check_every=25, n_bootstrap=0))
+    paths = plot_estimate(est, tmp_path)
+    assert tmp_path / CONVERGENCE_PNG in paths and (tmp_path / CONVERGENCE_PNG).stat().st_size > 1000
