@@ -174,7 +174,10 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
         if (ldir / ESTIMATES_FILE).is_file():
             lyap = SDEstimate.load(ldir, ESTIMATES_FILE)
         else:
-            logger.info("tracking the dominant Lyapunov subspace")
+            # the frame starts from the first step's Jacobian (estimate.lyapunov_warm_start) and runs to
+            # its convergence test (estimate.lyapunov_tol), capped at estimate.lyapunov_steps
+            logger.info("tracking the dominant Lyapunov subspace (warm start: %s, tolerance: %s, at most %s steps)",
+                        cfg.estimate.lyapunov_warm_start, cfg.estimate.lyapunov_tol, cfg.estimate.lyapunov_steps)
             lyap = estimate_sd(loaded.model, stream, method="lyapunov", **kw)
             tmp = Path(tempfile.mkdtemp(prefix=f".{LYAPUNOV_DIR}.", suffix=".tmp", dir=folder))
             try:
@@ -184,6 +187,13 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed when anything failed
         logger.info("%s", lyap.summary())
+        conv = lyap.convergence or {}
+        if lyap.converged:
+            logger.info("the Lyapunov subspace converged after %s steps (%s test)", conv.get("steps"), conv.get("test"))
+        elif lyap.converged is False:
+            logger.warning("the Lyapunov subspace did NOT converge within %s steps (frames differ by %s, tolerance %s): "
+                           "plans must not use it; raise --set estimate.lyapunov_steps=N",
+                           conv.get("steps"), conv.get("max_frame_difference"), conv.get("tol"))
     if (folder / EVAL_BEFORE_FILE).is_file():
         before = EvalReport.load(folder / EVAL_BEFORE_FILE)
     else:
