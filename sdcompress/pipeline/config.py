@@ -16,6 +16,7 @@ from sdcompress.errors import ConfigError
 from sdcompress.estimator import EstimateConfig
 from sdcompress.evaluate import EvalConfig
 from sdcompress.models import DEFAULT_DATASET
+from sdcompress.pipeline.preflight import PreflightConfig
 from sdcompress.plan import PlanConfig
 from sdcompress.train import TrainConfig
 
@@ -49,7 +50,10 @@ class RunConfig:
             A missing ``data.name`` becomes the built-in's corpus, or WikiText-2 from the hub
             (``wikitext:wikitext-2-raw-v1``) for other models.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        dry_run: stop after writing plan.json (nothing is compressed).
+        dry_run: stop after writing plan.json (nothing is compressed); the plan is made
+            before the Lyapunov stage, from the SD estimate alone, and a later full run
+            remakes it.
+        preflight: the pre-flight's budgets (:mod:`sdcompress.pipeline.preflight`).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -62,6 +66,7 @@ class RunConfig:
     seed: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dry_run: bool = False
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
 
     def resolved(self) -> "RunConfig":
         """A copy with the seed spread, the dataset and output folder filled in."""
