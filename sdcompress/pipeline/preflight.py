@@ -156,7 +156,7 @@ class PreflightResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["total_seconds"], d["peak_bytes"] = self.total_seconds, self.peak_bytes
-        return d
+        return json.loads(json.dumps(d))  # plain JSON types (lists, not tuples), as preflight.json holds them
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreflightResult":
@@ -251,6 +251,8 @@ def _memory_caps(probe: Probe, k: Knobs, mem_budget: int | None) -> list[str]:
     notes = []
     vec = probe.d * probe.itemsize
     room = (mem_budget - probe.base_bytes - probe.hvp_bytes) / vec  # d-vectors that fit next to a product
+    if k.compress and k.remeasure:
+        room -= 1  # the re-measure runs with the compressed copy beside the original
     if k.method in ("ps", "kde", "slq") and lanczos_vectors(k.lanczos_steps) > room:
         L = k.lanczos_steps
         while L > 2 and lanczos_vectors(L) > room:
@@ -303,15 +305,20 @@ def pick_settings(probe: Probe, knobs: Knobs, *, time_budget_s: float | None, me
     for move in _moves(k, builtin):
         if ok_t and ok_m:
             break
-        before = sum(s.seconds for s in stages)
-        what = _apply_move(k, move)
+        trial = replace(k)
+        what = _apply_move(trial, move)
         if what is None:
             continue
-        stages = predict(probe, k)
+        new = predict(probe, trial)
+        before_t, after_t = sum(s.seconds for s in stages), sum(s.seconds for s in new)
+        helps_t = not ok_t and after_t < before_t
+        helps_m = not ok_m and max(s.peak_bytes for s in new) < max(s.peak_bytes for s in stages)
+        if not (helps_t or helps_m):
+            continue  # a step-down that does not help the budget that is exceeded costs quality for nothing
+        k, stages = trial, new
         ok_t, ok_m = _fits(stages, time_budget_s, memory_budget_bytes)
-        after = sum(s.seconds for s in stages)
-        why = "time" if time_budget_s is not None and before > time_budget_s else "memory"
-        choices.append(f"{what} (predicted {_fmt_s(before)} → {_fmt_s(after)}; to fit the {why} budget)")
+        choices.append(f"{what} (predicted {_fmt_s(before_t)} → {_fmt_s(after_t)}; "
+                       f"to fit the {'time' if helps_t else 'memory'} budget)")
     return k, stages, choices, ok_t and ok_m
 
 
@@ -376,7 +383,7 @@ def knobs_for(cfg: Any, trained: Any, *, lyapunov: bool) -> Knobs:
         lanczos_steps=e.lanczos_steps, n_batches=e.n_batches, lyapunov=lyapunov, lyap_m=e.lyapunov_exponents,
         lyap_steps=e.lyapunov_steps, eval_test=min(n_test, t_cap or n_test), eval_train=min(n_train, r_cap or n_train),
         eval_test_cap=t_cap, eval_train_cap=r_cap, eval_batch_size=ev.batch_size, remeasure=ev.remeasure_sd,
-        compress=not cfg.dry_run, lm_tokens_per_example=block, vocab=vocab, n_test_total=n_test, n_train_total=n_train,
+        compress=True, lm_tokens_per_example=block, vocab=vocab, n_test_total=n_test, n_train_total=n_train,
         extra_eval_forwards=extra,
     )
 

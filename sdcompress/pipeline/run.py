@@ -89,7 +89,8 @@ def run_pipeline(config: RunConfig) -> RunReport:
     logger.info("run folder: %s%s", folder, " (resuming)" if resuming else "")
     try:
         # pre-flight: time a gradient and a product, predict every stage, pick settings that fit (or refuse)
-        cfg, pre = run_preflight(cfg, trained, folder, device, lyapunov=needs_subspace(cfg) and not cfg.dry_run)
+        # (it predicts the full run, also for a dry run, which then stops before the Lyapunov stage)
+        cfg, pre = run_preflight(cfg, trained, folder, device, lyapunov=needs_subspace(cfg))
         trained = finish_training(cfg, trained, folder)
     except BaseException:
         if fresh:  # a new run that failed in its first stage leaves nothing behind
@@ -103,7 +104,7 @@ def run_pipeline(config: RunConfig) -> RunReport:
     t = time.perf_counter()
     logger.info("[2/5] estimate: SD and the dominant Lyapunov subspace")
     stream = BatchStream(data.train, cfg.data.batch_size, seed=cfg.data.seed, replacement=cfg.data.replacement)
-    use_lyapunov = pre.settings.get("lyapunov", True) if pre is not None else not cfg.dry_run
+    use_lyapunov = (pre is None or pre.settings.get("lyapunov", True)) and not cfg.dry_run
     est, lyap, before = stage_estimate(cfg, folder, loaded, data, stream, lyapunov=use_lyapunov)
     timings["estimate"] = time.perf_counter() - t
 
