@@ -1,6 +1,7 @@
 """Save and load compressed models.
 
-A compressed model folder holds exactly three files (four groups with a tokenizer):
+A compressed model folder holds exactly three files (plus the remote-code file of a causal
+LM, below, and a tokenizer's files when there is one):
 
 - ``config.json``: the base model's config (``model.config.save_pretrained`` for
   transformers models; ``{"sdcompress_model": kind, ...}`` for the toolkit's MLPs);
@@ -13,9 +14,11 @@ A compressed model folder holds exactly three files (four groups with a tokenize
 the plan's module *structure* (no SVD, mask or quantization is recomputed), and loads
 the stored tensors, so the outputs are those of the saved model.
 
-Plain ``transformers`` ``from_pretrained`` cannot rebuild the custom modules
-(``LowRankLinear``, ``MaskedLinear``, ``QuantizedLinear``): load these folders with
-``sdcompress.load_model`` (the package-level loader) or :func:`load_compressed`.
+A transformers causal LM's folder also holds ``modeling_sdcompress.py`` and an
+``auto_map`` in ``config.json`` (:mod:`sdcompress.compress.hf_remote`), so that
+``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` rebuilds it
+without sdcompress. The toolkit never imports that file: :func:`load_compressed`
+rebuilds the modules from ``sdcompress_compression.json``.
 ``model.save_pretrained(folder)`` on a compressed transformers model still writes its
 tensors (the packed state dict), but not the plan needed to rebuild it; use
 :func:`save_compressed`.
@@ -36,9 +39,10 @@ import torch
 from torch import nn
 
 from sdcompress.compress.apply import apply_structure_
+from sdcompress.compress.hf_remote import write_remote_code
 from sdcompress.compress.report import CompressionReport
 from sdcompress.errors import CompressionError, PlanError
-from sdcompress.io import check_output_dir, write_json_atomic, write_text_atomic
+from sdcompress.io import check_output_dir, set_default_modes, write_json_atomic, write_text_atomic
 from sdcompress.models.builtin import MODEL_CONFIG_FILE, OWN_MODELS, WEIGHTS_FILE
 from sdcompress.models.loader import COMPRESSION_FILE, LoadedModel
 from sdcompress.plan.schema import Plan
@@ -136,6 +140,7 @@ def save_compressed(
         os.chmod(tmp, 0o755)
         if kind == "transformers":
             model.config.save_pretrained(tmp)  # type: ignore[union-attr]
+            write_remote_code(tmp, model)  # causal LMs: modeling_sdcompress.py + auto_map (hf_remote)
         else:
             config = {"sdcompress_model": model.kind, **model.config_dict()}  # type: ignore[operator]
             write_text_atomic(tmp / MODEL_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
@@ -152,6 +157,7 @@ def save_compressed(
             "extra": extra or {},
         }
         write_json_atomic(tmp / COMPRESSION_FILE, meta)
+        set_default_modes(tmp)  # safetensors writes 0600: one mode for everything written
         _replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -39,7 +39,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -98,7 +98,17 @@ class PreflightConfig:
     memory_budget_gb: float | None = None
     adjust: bool = True
 
+    SECTION: ClassVar[str] = "preflight"
+
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "PreflightConfig":
+        """Check every field; returns ``self``.
+
+        Raises:
+            ConfigError: a budget that is not a positive number, a switch that is not a bool.
+        """
         for name in ("time_budget_s", "memory_budget_gb"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
@@ -106,6 +116,7 @@ class PreflightConfig:
         for name in ("enabled", "adjust"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"preflight.{name} must be true or false, got {getattr(self, name)!r}")
+        return self
 
 
 @dataclass(frozen=True)

@@ -121,8 +121,13 @@ class RunReport:
         return asdict(self)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``report.json`` into ``folder`` atomically."""
-        return write_json_atomic(Path(folder) / REPORT_FILE, self.to_dict())
+        """Write ``report.json`` into ``folder`` atomically, and the model card
+        ``model/README.md`` when the run folder holds a compressed model."""
+        path = write_json_atomic(Path(folder) / REPORT_FILE, self.to_dict())
+        from sdcompress.report.model_card import write_run_card  # it imports this module
+
+        write_run_card(folder, self)
+        return path
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunReport":
