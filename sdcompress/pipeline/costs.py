@@ -259,7 +259,12 @@ class Knobs:
     vocab: int = 0
     n_test_total: int = 0
     n_train_total: int = 0
-    extra_eval_forwards: float = 0.0  # sliding-window perplexity: windows × blocks per window (one-example forwards)
+    curvature_batches: int = 0  # per-module curvature of the planner (0: not measured)
+    curvature_probes: int = 0
+    curvature_pairs: int = 0  # (module, rank) truncation costs, one product each per batch
+    curvature_bytes: int = 0  # the truncation deltas it keeps
+    window_context: int = 0  # sliding-window perplexity of the test text (0: off): context and stride in tokens
+    window_stride: int = 0
 
 
 def lanczos_vectors(steps: int) -> int:
@@ -271,6 +276,17 @@ def lanczos_vectors(steps: int) -> int:
     except ImportError:  # pragma: no cover
         lean = None
     return int(lean) if lean is not None else steps + 3
+
+
+def _window_seconds(probe: Probe, k: Knobs) -> float:
+    """The sliding-window perplexity: ⌈(N − context)/stride⌉ + 1 windows of ``context`` tokens over
+    the N test tokens evaluated, in forward passes of ``eval_batch_size`` windows."""
+    if not (k.window_context and k.window_stride and k.lm_tokens_per_example):
+        return 0.0
+    tokens = k.eval_test * k.lm_tokens_per_example
+    n_windows = math.ceil(max(tokens - k.window_context, 0) / k.window_stride) + 1
+    examples = k.eval_batch_size * k.window_context / k.lm_tokens_per_example  # a forward pass, in blocks
+    return math.ceil(n_windows / k.eval_batch_size) * probe.t_forward * probe.scale(max(1, round(examples)))
 
 
 def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
@@ -310,13 +326,18 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
             f"m = {k.lyap_m} tangent vectors × {k.lyap_steps} steps")
     # evaluation runs at its own batch size; the sliding-window perplexity's windows are counted in examples
     eval_sec = (math.ceil(k.eval_test / k.eval_batch_size) + math.ceil(k.eval_train / k.eval_batch_size)) \
-        * probe.t_forward * probe.scale(k.eval_batch_size) + math.ceil(k.extra_eval_forwards / k.eval_batch_size) * probe.t_forward * probe.scale(k.eval_batch_size)
+        * probe.t_forward * probe.scale(k.eval_batch_size) + _window_seconds(probe, k)
     logits = 3.0 * k.eval_batch_size * k.lm_tokens_per_example * k.vocab * 4
     add("evaluate", eval_sec, 0, 0, f"{k.eval_test} test + {k.eval_train} train examples, batch {k.eval_batch_size}",
         extra_bytes=logits)
     if k.compress:
-        add("plan+compress", eval_sec + 2 * vec / 200e6, 1 + (2 * k.lyap_m if k.lyapunov else 0), 0,
-            "plan, compress a copy, evaluate it", extra_bytes=logits)
+        hv = k.curvature_batches * (k.curvature_probes + k.curvature_pairs)
+        curv = k.curvature_batches * (hvp1 - hvp) + hv * hvp  # one graph per batch, then one backward pass per product
+        what = (f"curvature: {k.curvature_batches} batches × ({k.curvature_probes} probes + {k.curvature_pairs} "
+                f"rank costs); " if k.curvature_batches else "")
+        add("plan+compress", eval_sec + curv + 2 * vec / 200e6, 1 + (2 * k.lyap_m if k.lyapunov else 0), hv,
+            what + "plan, compress a copy, evaluate it",
+            extra_bytes=logits + (k.curvature_bytes if k.curvature_batches else 0))
         if k.remeasure:
             est = stages[1] if k.sgd_steps > 0 else stages[0]
             add("re-measure SD", est.seconds + vec / 200e6, 1 + (est.peak_bytes - base) / vec, est.hvps,

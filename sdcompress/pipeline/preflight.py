@@ -196,13 +196,13 @@ def _fits(stages: tuple[StagePrediction, ...], time_budget: float | None, mem_bu
 
 def _moves(k: Knobs, builtin: bool) -> list[tuple[str, Any]]:
     """Step-downs in the order they are tried: first what costs least in quality."""
-    moves: list[tuple[str, Any]] = [("eval", 512), ("lyap", (8, 30)), ("slq", (8, 30)), ("sgd", (50, 12))]
+    moves: list[tuple[str, Any]] = [("eval", 512), ("curv", 1), ("lyap", (8, 30)), ("slq", (8, 30)), ("sgd", (50, 12))]
     if not builtin:
         moves.append(("batch", None))
     moves += [("eval", 256), ("lyap", (4, 20)), ("slq", (6, 16)), ("sgd", (20, 8))]
     if not builtin:
         moves.append(("batch", None))
-    moves += [("eval", 128), ("slq", (4, 12)), ("lyap", (4, 12)), ("sgd", (10, 6)), ("lyap", None), ("slq", (4, 10))]
+    moves += [("eval", 128), ("curv", 0), ("slq", (4, 12)), ("lyap", (4, 12)), ("sgd", (10, 6)), ("lyap", None), ("slq", (4, 10))]
     if not builtin:
         moves += [("batch", None)] * 3
     moves += [("eval", 64), ("slq", (3, 8)), ("sgd", (5, 4)), ("eval", 32), ("slq", (2, 6)), ("sgd", (2, 3)),
@@ -247,6 +247,12 @@ def _apply_move(k: Knobs, move: tuple[str, Any]) -> str | None:
             return None
         k.sgd_steps, k.sharpness_steps, k.eval_batches = s, sh, eb
         return f"{s} SGD steps, λ_max by {sh} Lanczos steps, logged losses on {eb} batch(es)"
+    if kind == "curv":
+        if k.curvature_batches <= arg:
+            return None
+        k.curvature_batches = arg
+        return (f"per-module curvature on {arg} batch(es)" if arg else
+                "no per-module curvature (the SD split across modules goes by size and SD share)")
     if kind == "batch":
         if k.batch_size <= 1:
             return None
@@ -285,6 +291,9 @@ def _memory_caps(probe: Probe, k: Knobs, mem_budget: int | None) -> list[str]:
         else:
             notes.append(f"Lyapunov m = {m} (an m = {k.lyap_m} frame and its QR copies do not fit in memory)")
             k.lyap_m = m
+    if k.curvature_batches and probe.base_bytes + probe.hvp_bytes + 2 * vec + k.curvature_bytes > mem_budget:
+        notes.append(f"no per-module curvature (its {_fmt_b(k.curvature_bytes)} of truncation deltas do not fit in memory)")
+        k.curvature_batches = 0
     if k.vocab and k.lm_tokens_per_example:
         per = 3.0 * k.lm_tokens_per_example * k.vocab * 4
         free = mem_budget - probe.base_bytes - probe.hvp_bytes - 2 * vec
@@ -376,26 +385,46 @@ def _vocab_and_block(trained: Any) -> tuple[int, int]:
     return vocab, block
 
 
+def _curvature(cfg: Any, trained: Any) -> tuple[int, int, int]:
+    """Batches, (module, rank) pairs and kept bytes of the planner's per-module curvature."""
+    from sdcompress.plan import CURVATURE_STRATEGIES, describe_modules
+    from sdcompress.plan.curvature import rank_grid
+
+    p = cfg.plan
+    if not (p.strategy in CURVATURE_STRATEGIES and p.curvature_batches > 0 and (p.strategy != "sd" or p.rank_mode == "auto")):
+        return 0, 0, 0
+    pairs = kept = 0
+    itemsize = next(trained.loaded.model.parameters()).element_size()
+    for m in describe_modules(trained.loaded.model, p.targets, p.ignore):
+        o, i = m.out_features, m.in_features
+        useful = max(1, max((k for k in range(1, min(o, i) + 1) if k * (o + i) < o * i), default=1))
+        n = len(rank_grid(useful))
+        pairs += n
+        kept += n * o * i * itemsize
+    return p.curvature_batches, pairs, kept
+
+
 def knobs_for(cfg: Any, trained: Any, *, lyapunov: bool) -> Knobs:
     """The cost model's view of a resolved :class:`RunConfig` and the loaded model/data."""
     e, ev, tr = cfg.estimate, cfg.evaluate, cfg.train
     vocab, block = _vocab_and_block(trained)
     n_test, n_train = len(trained.data.test), len(trained.data.train)
     t_cap, r_cap = ev.max_test_examples, ev.max_train_examples
-    extra = 0.0
-    ctx = getattr(ev, "context_length", None) or block
+    ctx = stride = 0
     if getattr(ev, "sliding_window", False) and block and trained.loaded.task == "lm":
+        ctx = getattr(ev, "context_length", None) or block
         stride = getattr(ev, "stride", None) or max(1, ctx // 2)
-        tokens = min(n_test, t_cap or n_test) * block
-        extra = math.ceil(max(tokens - ctx, 0) / stride + 1) * (ctx / block)  # windows, in examples of one block
+    curv_batches, pairs, curv_bytes = _curvature(cfg, trained)
     return Knobs(
+        curvature_batches=curv_batches, curvature_probes=cfg.plan.curvature_probes, curvature_pairs=pairs,
+        curvature_bytes=curv_bytes,
         batch_size=cfg.data.batch_size, sgd_steps=tr.steps if trained.pending else 0, log_every=tr.log_every,
         sharpness_steps=tr.sharpness_steps, eval_batches=tr.eval_batches, method=e.method, slq_runs=e.slq_runs,
         lanczos_steps=e.lanczos_steps, n_batches=e.n_batches, lyapunov=lyapunov, lyap_m=e.lyapunov_exponents,
         lyap_steps=e.lyapunov_steps, eval_test=min(n_test, t_cap or n_test), eval_train=min(n_train, r_cap or n_train),
         eval_test_cap=t_cap, eval_train_cap=r_cap, eval_batch_size=ev.batch_size, remeasure=ev.remeasure_sd,
         compress=True, lm_tokens_per_example=block, vocab=vocab, n_test_total=n_test, n_train_total=n_train,
-        extra_eval_forwards=extra,
+        window_context=ctx, window_stride=stride,
     )
 
 
@@ -411,7 +440,8 @@ def settings_of(k: Knobs, cfg: Any) -> dict[str, Any]:
         "estimate.lanczos_steps": k.lanczos_steps, "estimate.lyapunov_exponents": k.lyap_m,
         "estimate.lyapunov_steps": k.lyap_steps, "estimate.lyapunov_warmup": warmup,
         "evaluate.max_test_examples": k.eval_test_cap, "evaluate.max_train_examples": k.eval_train_cap,
-        "evaluate.batch_size": k.eval_batch_size,
+        "evaluate.batch_size": k.eval_batch_size, "plan.curvature_batches": k.curvature_batches if k.curvature_pairs
+        else cfg.plan.curvature_batches,
     }
     out: dict[str, Any] = {key: v for key, v in values.items() if _get(cfg, key) != v}
     out["lyapunov"] = bool(k.lyapunov)
