@@ -499,7 +499,7 @@ def run_preflight(cfg: Any, trained: Any, folder: Path | None, device: torch.dev
     from sdcompress.models import BUILTIN_MODELS
 
     knobs = knobs_for(cfg, trained, lyapunov=lyapunov)
-    budget_left = None if budget_t is None else max(budget_t - probe.wall_time_s, 1.0)
+    budget_left = None if budget_t is None else max(budget_t - probe.wall_time_s, 0.0)  # the probe spent some
     k, stages, choices, fits = pick_settings(probe, knobs, time_budget_s=budget_left, memory_budget_bytes=budget_m,
                                              adjust=pcfg.adjust, builtin=cfg.model.name in BUILTIN_MODELS)
     result = PreflightResult(probe, settings_of(k, cfg), stages, budget_t, budget_m, tuple(choices), fits)
