@@ -155,8 +155,9 @@ def needs_subspace(cfg: RunConfig) -> bool:
 
 
 def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: DatasetBundle,
-                   stream: BatchStream) -> tuple[SDEstimate, SDEstimate | None, EvalReport]:
-    """SD estimate, Lyapunov subspace estimate, and the evaluation of the trained model."""
+                   stream: BatchStream, *, lyapunov: bool = True) -> tuple[SDEstimate, SDEstimate | None, EvalReport]:
+    """SD estimate, Lyapunov subspace estimate (unless ``lyapunov`` is False: the pre-flight
+    found no room for it, or a dry run), and the evaluation of the trained model."""
     lr, wd = _lr_wd(cfg)
     kw = dict(lr=lr, weight_decay=wd, params=_params(cfg), loss_fn=loaded.loss_fn, config=cfg.estimate)
     if (folder / ESTIMATES_FILE).is_file():
@@ -169,7 +170,7 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
             set_default_modes(written)
     logger.info("%s", est.summary())
     lyap = est if est.subspace is not None else None
-    if lyap is None and needs_subspace(cfg):
+    if lyap is None and needs_subspace(cfg) and lyapunov:
         ldir = folder / LYAPUNOV_DIR
         if (ldir / ESTIMATES_FILE).is_file():
             lyap = SDEstimate.load(ldir, ESTIMATES_FILE)
@@ -204,6 +205,9 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
 
 
 # ------------------------------------------------------------------------------ tries
+
+#: marks a plan written by a dry run (made before the Lyapunov stage; a full run remakes it)
+DRY_RUN_NOTE = "dry run: planned before the Lyapunov stage, from the SD estimate alone; the full run plans again"
 
 
 def check_targets(cfg: RunConfig, loaded: LoadedModel) -> None:
@@ -262,8 +266,13 @@ def stage_tries(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Dataset
         pcfg = cfg.plan.escalated(attempt)
         tdir = folder / TRIES_DIR / f"{attempt + 1:02d}" if closed else folder
         plan_path = tdir / PLAN_FILE
-        plan = Plan.load(plan_path) if plan_path.is_file() else make_plan(est, modules, pcfg, subspace=lyap, stats=stats,
-                                                                                  curvature=curvature)
+        plan = Plan.load(plan_path) if plan_path.is_file() else None
+        if plan is not None and DRY_RUN_NOTE in plan.notes and not cfg.dry_run:
+            plan = None  # a dry run's plan was made before the Lyapunov stage: make it again
+        if plan is None:
+            plan = make_plan(est, modules, pcfg, subspace=lyap, stats=stats, curvature=curvature)
+            if cfg.dry_run:
+                plan = replace(plan, notes=tuple(plan.notes) + (DRY_RUN_NOTE,))
         if previous is not None and plan.to_dict()["modules"] == previous:
             logger.info("try %d would repeat the previous plan: nothing left to raise", attempt + 1)
             break

@@ -110,6 +110,15 @@ def render_markdown(report: RunReport, folder: Path | None = None, plots: dict[s
     env = report.environment
     if env:
         lines += ["", "## Environment", "", ", ".join(f"{k} {val}" for k, val in env.items() if val is not None)]
+    pre = getattr(report, "preflight", None)
+    if pre:
+        lines += ["", "## Pre-flight", "", f"One gradient {_f(pre['probe']['t_grad'], '.3g')} s, one Hessian-vector product "
+                  f"{_f(pre['probe']['t_hvp'], '.3g')} s at {pre['probe']['n_small']} examples "
+                  f"({pre['probe']['threads']} threads, {pre['probe']['device']}).", "",
+                  "| stage | predicted time (s) | predicted peak memory (GiB) | settings |", "|---|---:|---:|---|"]
+        lines += [f"| {st['name']} | {st['seconds']:.1f} | {st['peak_bytes'] / 2**30:.2f} | {st['detail']} |"
+                  for st in pre.get("stages", [])]
+        lines += [f"- picked: {c}" for c in pre.get("choices", [])]
     if report.wall_time_s:
         lines += ["", "Time per stage: " + ", ".join(f"{k} {val:.1f} s" for k, val in report.wall_time_s.items())]
     return "\n".join(lines) + "\n"
