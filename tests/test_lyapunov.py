@@ -101,7 +101,9 @@ def test_random_matrix_product_equals_dense_qr_reference() -> None:
     res = lyapunov_spectrum(lambda x, t: Ms[t] @ x, torch.ones(d, dtype=F64), m, steps, warmup, q0=q0)
 
     # reference: plain numpy float64 QR of the accumulated products
-    Mnp, Q = Ms.numpy(), np.linalg.qr(q0.numpy())[0]
+    Mnp = Ms.numpy()
+    Q, R0 = np.linalg.qr(q0.numpy())
+    Q = Q * np.sign(np.diag(R0))  # the initial frame too has R's diagonal positive
     logs = np.zeros(m)
     for t in range(steps):
         Q, R = np.linalg.qr(Mnp[t] @ Q)
@@ -405,3 +407,66 @@ def test_lyapunov_sd_bad_input(digits) -> None:
         lyapunov_sd(lm.model, stream, lr=0.1)  # type: ignore[arg-type]
     with pytest.raises(DivergenceError, match="smaller step size"):
         lyapunov_sd(floss, stream, lr=1e30, config=_cfg(2, 6, 1))
+
+
+# ---------------------------------------------------------------- convergence test and warm start
+
+
+def _slow_rotation_map(d: int = 1000):
+    """x ↦ s ⊙ x: four weakly expanding axes (ln 1.003 … ln 1.001) in a bulk contracted by
+    0.998 = 1 − η·wd (η·wd = 0.002, as on the digits MLP at EoS). A random frame needs
+    ~1,000 steps to rotate out of the bulk; the bulk itself is perfectly stable."""
+    s = torch.full((d,), 0.998, dtype=F64)
+    s[:4] = torch.tensor([1.003, 1.002, 1.0015, 1.001], dtype=F64)
+    return s, np.log(s[:4].numpy())
+
+
+def test_halves_test_alone_is_fooled_by_a_frame_stuck_in_the_bulk() -> None:
+    s, _ = _slow_rotation_map()
+    res = lyapunov_spectrum(lambda x: s * x, torch.ones(len(s), dtype=F64), 4, steps=400, warmup=0, tol=1e-3,
+                            check_every=50, seed=3, jvp_fn=lambda x, Q, t: s[:, None] * Q)
+    # "converged" at the bulk's exponent: why one frame's stability is not a test
+    assert res.converged and res.steps <= 200
+    np.testing.assert_allclose(res.exponents, math.log(0.998), atol=2e-4)
+
+
+def test_two_frames_converge_to_the_closed_form_or_say_they_did_not() -> None:
+    s, closed = _slow_rotation_map()
+    d = len(s)
+    q0 = torch.zeros(d, 4, dtype=F64)
+    q0[:4] = torch.eye(4, dtype=F64)  # the warm start: the expanding axes themselves
+    kw = dict(warmup=0, tol=1e-3, check_every=50, seed=3, q0=q0, twin_seed=4, jvp_fn=lambda x, Q, t: s[:, None] * Q)
+    res = lyapunov_spectrum(lambda x: s * x, torch.ones(d, dtype=F64), 4, steps=4000, **kw)
+    assert res.converged is True
+    c = res.convergence
+    assert c["test"] == "frames" and c["passed"] and c["frames"] == 2
+    assert c["max_frame_difference"] <= 1e-3 and c["max_stderr"] <= 5e-4
+    # the random twin needed hundreds of steps to leave the bulk; then both agree
+    assert 600 <= res.steps < 4000 and c["burn_in"] == res.steps // 2
+    np.testing.assert_allclose(res.exponents, closed, atol=1e-12)  # the warm frame is exact here
+    np.testing.assert_allclose(c["frame_b"], closed, atol=1e-3)
+    assert res.n_jvp == 2 * 4 * res.steps
+    assert res.qr_methods == {"cholesky-qr2": 2 * res.steps}
+    # capped before the twin arrives: reported as not converged, never as a measurement
+    short = lyapunov_spectrum(lambda x: s * x, torch.ones(d, dtype=F64), 4, steps=300, **kw)
+    assert short.converged is False and short.steps == 300
+    assert short.convergence["max_frame_difference"] > 1e-3
+
+
+def test_convergence_settings_are_checked() -> None:
+    x0 = torch.zeros(4, dtype=F64)
+    with pytest.raises(EstimatorError, match="tolerance"):
+        lyapunov_spectrum(lambda x: x, x0, 2, steps=10, warmup=0, tol=-1.0)
+    with pytest.raises(EstimatorError, match="check_every"):
+        lyapunov_spectrum(lambda x: x, x0, 2, steps=10, warmup=0, tol=1e-3, check_every=0)
+    with pytest.raises(EstimatorError, match="tol"):
+        lyapunov_spectrum(lambda x: x, x0, 2, steps=10, warmup=0, twin_seed=1)
+
+
+def test_float32_state_keeps_a_float32_frame() -> None:
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(50, 50, generator=g) / 10
+    res = lyapunov_spectrum(lambda x: A @ x, torch.ones(50), 5, steps=40, warmup=10)
+    assert res.Q.dtype == torch.float32
+    ref = lyapunov_spectrum(lambda x: A.double() @ x, torch.ones(50, dtype=F64), 5, steps=40, warmup=10)
+    np.testing.assert_allclose(res.exponents, ref.exponents, atol=1e-5)

@@ -72,6 +72,17 @@ class EstimateConfig:
         lyapunov_exponents: m, tangent vectors tracked by ``"lyapunov"``.
         lyapunov_steps: SGD steps of ``"lyapunov"`` (warm-up included).
         lyapunov_warmup: steps discarded before averaging.
+        lyapunov_tol: convergence tolerance of the Lyapunov frame (``"auto"``:
+            ½ |ln(1 − η·wd)|, 1e-3 without weight decay; a number; ``None``: no test, run
+            all ``lyapunov_steps``). With a tolerance, ``lyapunov_steps`` is a cap, a
+            second frame started at random rides along (twice the products per step,
+            one gradient graph) and the run stops once the two frames' exponents agree
+            and are stable (see :mod:`sdcompress.estimator.lyapunov_sgd`);
+            ``SDEstimate.converged`` says whether they did.
+        lyapunov_check_every: steps between convergence checks.
+        lyapunov_warm_start: ``"jacobian"`` (start the frame from the m eigenvectors of the
+            first step's Jacobian with the largest |eigenvalue|, one Lanczos run of
+            2m + 20 products) or ``"random"``.
     """
 
     method: Literal["exact", "slq", "kde", "ps", "lyapunov"] = "ps"
@@ -98,6 +109,9 @@ class EstimateConfig:
     lyapunov_exponents: int = 16
     lyapunov_steps: int = 100
     lyapunov_warmup: int = 20
+    lyapunov_tol: float | Literal["auto"] | None = "auto"
+    lyapunov_check_every: int = 50
+    lyapunov_warm_start: Literal["jacobian", "random"] = "jacobian"
 
     def with_overrides(self, **overrides: Any) -> "EstimateConfig":
         """A copy with some fields replaced (unknown names are errors)."""
@@ -140,6 +154,16 @@ class EstimateConfig:
         need(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         need(0 < self.confidence < 1, f"confidence must be in (0, 1), got {self.confidence!r}")
         need(self.neutral_tol >= 0, f"neutral_tol must be ≥ 0, got {self.neutral_tol!r}")
+        if isinstance(self.lyapunov_tol, str) or self.lyapunov_tol is None:
+            need(self.lyapunov_tol in ("auto", None), f"lyapunov_tol must be a number > 0, 'auto' or None, got {self.lyapunov_tol!r}")
+        else:
+            need(isinstance(self.lyapunov_tol, (int, float)) and not isinstance(self.lyapunov_tol, bool)
+                 and math.isfinite(self.lyapunov_tol) and self.lyapunov_tol > 0,
+                 f"lyapunov_tol must be a number > 0, 'auto' or None, got {self.lyapunov_tol!r}; e.g. 1e-3")
+        need(isinstance(self.lyapunov_check_every, int) and not isinstance(self.lyapunov_check_every, bool)
+             and self.lyapunov_check_every >= 1, f"lyapunov_check_every must be an integer ≥ 1, got {self.lyapunov_check_every!r}")
+        need(self.lyapunov_warm_start in ("jacobian", "random"),
+             f"lyapunov_warm_start must be 'jacobian' or 'random', got {self.lyapunov_warm_start!r}")
         need(self.lyapunov_warmup < self.lyapunov_steps, f"lyapunov_warmup ({self.lyapunov_warmup}) must be below lyapunov_steps ({self.lyapunov_steps})")
         if self.params is not None:
             need(isinstance(self.params, (list, tuple)) and all(isinstance(p, str) for p in self.params),

@@ -186,7 +186,7 @@ def estimate_sd(
             seed=config.seed, neutral_tol=config.neutral_tol, params=patterns, settings=settings,
         )
     elif config.method == "lyapunov":
-        from sdcompress.estimator.lyapunov import lyapunov_sd
+        from sdcompress.estimator.lyapunov_sgd import lyapunov_sd
 
         lyap_batches = batches if isinstance(batches, BatchStream) and dtype is None else source.take(config.lyapunov_steps)
         est = lyapunov_sd(floss, lyap_batches, lr=lr, weight_decay=weight_decay, config=config)
