@@ -239,3 +239,15 @@ def test_cli_mlp_auto_records_shares_and_splits_not_by_size(tmp_path):
     size_share = [s / sum(sizes) for s in sizes]
     assert max(abs(a - b) for a, b in zip(dof_share, size_share)) > 0.05
     assert any("split by curvature" in n for n in plan["notes"])
+
+
+def test_stdlib_corpus_is_offline_split_by_file_and_deterministic():
+    from sdcompress.data import load_data
+
+    a = load_data("stdlib", block_size=16, max_bytes=200_000)
+    b = load_data("stdlib", block_size=16, max_bytes=200_000)
+    assert torch.equal(a.train.tensors["input_ids"], b.train.tensors["input_ids"])
+    assert a.info["bytes"] <= 200_000 and a.info["train_files"] > 0 and a.info["test_files"] > 0
+    assert a.train.tensors["input_ids"].shape[1] == 16 and int(a.train.tensors["input_ids"].max()) <= 256
+    with pytest.raises(Exception, match="max_bytes must be positive"):
+        load_data("stdlib", max_bytes=0)
