@@ -318,6 +318,27 @@ def _device(device_map: Any) -> torch.device:
                      "('cpu', 'cuda', 'cuda:0') or 'auto'")
 
 
+def _save_pretrained(self: PreTrainedModel, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+    """The original class's ``save_pretrained`` (the layers' stored form goes into the
+    weights), then this file beside them and config.json's entry point restored."""
+    import json
+    import os
+    import shutil
+
+    super(type(self), self).save_pretrained(save_directory, *args, **kwargs)
+    shutil.copyfile(__file__, os.path.join(save_directory, os.path.basename(__file__)))
+    path = os.path.join(save_directory, "config.json")
+    with open(path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    config["architectures"] = [SdcompressForCausalLM.__name__]
+    config["auto_map"] = {"AutoModelForCausalLM": f"{__name__.rsplit('.', 1)[-1]}.{SdcompressForCausalLM.__name__}"}
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(config, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 _IGNORED = ("trust_remote_code", "_from_auto", "adapter_kwargs", "code_revision", "low_cpu_mem_usage", "use_safetensors")
 
@@ -333,8 +354,10 @@ class SdcompressForCausalLM(PreTrainedModel):
 
     @classmethod
     def compressed_class(cls, base: type) -> type:
-        """``Sdcompress<base>``: the original class, marked as holding compressed layers."""
-        return type(f"Sdcompress{base.__name__}", (base,), {"__module__": __name__, "__doc__": base.__doc__})
+        """``Sdcompress<base>``: the original class holding the stored layers, whose
+        ``save_pretrained`` writes a folder this file loads again (:func:`_save_pretrained`)."""
+        return type(f"Sdcompress{base.__name__}", (base,),
+                    {"__module__": __name__, "__doc__": base.__doc__, "save_pretrained": _save_pretrained})
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, config: Any = None,
