@@ -274,3 +274,22 @@ def test_template_refuses_what_it_cannot_read():
         remote._block(Cfg())
     with pytest.raises(ValueError, match="not written by sdcompress"):
         remote._block(object())
+
+
+def test_from_config_builds_the_stored_layers_empty(folders):
+    from transformers import AutoConfig, GPT2Config, GPT2Model
+
+    config = AutoConfig.from_pretrained(str(folders / "mixed"))
+    model = remote.SdcompressForCausalLM._from_config(config, dtype="float64")
+    assert type(model).__name__ == "SdcompressGPT2LMHeadModel"
+    layer = model.transformer.h[0].mlp.c_fc
+    assert isinstance(layer, remote.QuantizedLinear) and layer.rank == 3 and layer.bits == 4
+    assert layer.qU.scales.dtype == torch.float64 and layer.qU.data.dtype == torch.uint8
+    with pytest.raises(ValueError, match="not a module of GPT2LMHeadModel"):
+        config.sdcompress = {**config.sdcompress, "layers": {"transformer.h.9.mlp": {"kind": "masked"}}}
+        remote.SdcompressForCausalLM._from_config(config)
+
+    from sdcompress.compress.hf_remote import is_causal_lm
+
+    assert is_causal_lm(tiny_gpt2()) and not is_causal_lm(GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2)))
+    assert not is_causal_lm(MLP(widths=(4, 2)))

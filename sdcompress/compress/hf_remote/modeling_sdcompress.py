@@ -360,6 +360,44 @@ class SdcompressForCausalLM(PreTrainedModel):
                     {"__module__": __name__, "__doc__": base.__doc__, "save_pretrained": _save_pretrained})
 
     @classmethod
+    def _from_config(cls, config: Any, **kwargs: Any) -> PreTrainedModel:
+        """The original architecture with empty stored layers (what ``from_config`` gives).
+
+        Args:
+            config: a config with the ``sdcompress`` block.
+            **kwargs: ``dtype`` / ``torch_dtype`` (default: the stored dtype),
+                ``attn_implementation`` (default ``"eager"``); other config attributes
+                override the config.
+
+        Raises:
+            ValueError: not an sdcompress config, an unknown layer kind, or a layer name
+                the architecture does not have.
+        """
+        block = _block(config)
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or block.get("dtype") or "float32"
+        kwargs.pop("torch_dtype", None)
+        if dtype == "auto":
+            dtype = block.get("dtype") or "float32"
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        attn = kwargs.pop("attn_implementation", "eager")
+        for key, value in kwargs.items():
+            if hasattr(config, key):
+                setattr(config, key, value)
+            else:
+                logger.warning("ignoring option %r (not a config attribute)", key)
+        base = _base_class(config, block)
+        with torch.random.fork_rng(devices=[]):  # random init of the skeleton must not move the caller's RNG
+            model = cls.compressed_class(base)._from_config(config, attn_implementation=attn)
+        model.to(dtype)
+        modules = dict(model.named_modules())
+        for name, spec in block["layers"].items():
+            if name not in modules:
+                raise ValueError(f"compressed layer {name!r} is not a module of {base.__name__}; the config.json "
+                                 "does not match this transformers version's architecture")
+            model.set_submodule(name, build_layer(spec, dtype))
+        return model
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, config: Any = None,
                         **kwargs: Any) -> PreTrainedModel:
         """Build the original architecture with the stored compressed layers and load the weights.
@@ -391,28 +429,8 @@ class SdcompressForCausalLM(PreTrainedModel):
         if config is None:
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub)
         block = _block(config)
-        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or block.get("dtype") or "float32"
-        kwargs.pop("torch_dtype", None)
-        if dtype == "auto":
-            dtype = block.get("dtype") or "float32"
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         device = _device(kwargs.pop("device_map", None))
-        attn = kwargs.pop("attn_implementation", "eager")
-        for key, value in kwargs.items():
-            if hasattr(config, key):
-                setattr(config, key, value)
-            else:
-                logger.warning("ignoring from_pretrained option %r (not a config attribute)", key)
-        base = _base_class(config, block)
-        with torch.random.fork_rng(devices=[]):  # random init of the skeleton must not move the caller's RNG
-            model = cls.compressed_class(base)._from_config(config, attn_implementation=attn)
-        model.to(dtype)
-        modules = dict(model.named_modules())
-        for name, spec in block["layers"].items():
-            if name not in modules:
-                raise ValueError(f"compressed layer {name!r} is not a module of {base.__name__}; the config.json "
-                                 "does not match this transformers version's architecture")
-            model.set_submodule(name, build_layer(spec, dtype))
+        model = cls._from_config(config, **kwargs)
         weights = cached_file(pretrained_model_name_or_path, WEIGHTS_FILE, **hub)
         try:
             load_model(model, weights, strict=True)
