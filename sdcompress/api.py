@@ -29,7 +29,7 @@ from sdcompress.models import LoadedModel
 from sdcompress.models import load_model as _load_plain
 from sdcompress.models.loader import COMPRESSION_FILE
 from sdcompress.pipeline import OutputConfig, RunConfig, run_pipeline
-from sdcompress.plan import Plan, PlanConfig, describe_modules, make_plan, module_statistics
+from sdcompress.plan import CURVATURE_STRATEGIES, Plan, PlanConfig, describe_modules, make_plan, module_curvature, module_statistics
 from sdcompress.report import RunReport, render_run
 from sdcompress.train import TrainConfig
 
@@ -72,7 +72,9 @@ def plan_model(
         estimate: its SD estimate (``None`` only for baselines with a budget).
         config: planner settings.
         subspace: a Lyapunov estimate with the dominant subspace.
-        batches: minibatches for the Fisher baseline.
+        batches: minibatches for the Fisher baseline and for the per-module curvature of
+            the ``sd``, ``trace`` and ``hawq`` strategies (the first ``curvature_batches``);
+            without them the SD plan keeps per-module floors and ``trace``/``hawq`` refuse.
 
     Raises:
         ConfigError, PlanError, ModelError: see the planner and the target patterns.
@@ -83,7 +85,12 @@ def plan_model(
     stats = None
     if config.strategy in ("energy", "fisher"):
         stats = module_statistics(loaded.model, modules, batches if config.strategy == "fisher" else [], loss_fn=loaded.loss_fn)
-    return make_plan(estimate, modules, config, subspace=subspace, stats=stats)
+    curvature = None
+    if (config.strategy in CURVATURE_STRATEGIES and config.curvature_batches > 0 and batches
+            and (config.strategy != "sd" or config.rank_mode == "auto")):
+        curvature = module_curvature(loaded.model, modules, batches[: config.curvature_batches], loss_fn=loaded.loss_fn,
+                                     probes=config.curvature_probes, seed=config.seed)
+    return make_plan(estimate, modules, config, subspace=subspace, stats=stats, curvature=curvature)
 
 
 __all__ = [

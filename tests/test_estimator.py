@@ -207,9 +207,9 @@ def test_batches_from_a_short_list_an_iterator_or_a_single_batch(small_mlp, capl
 def test_bad_input_gives_one_clear_error_each(small_mlp):
     model, stream = small_mlp
     for lr in (0.0, -0.1, float("nan")):
-        with pytest.raises(ConfigError, match="learning rate must be a finite number > 0"):
+        with pytest.raises(ConfigError, match="lr must be a finite number > 0"):
             estimate_sd(model, stream, lr=lr)
-    with pytest.raises(ConfigError, match="weight decay"):
+    with pytest.raises(ConfigError, match="weight_decay must be a finite number ≥ 0"):
         estimate_sd(model, stream, lr=0.1, weight_decay=-1.0)
     with pytest.raises(EstimatorError, match="empty"):
         estimate_sd(model, [], lr=0.1)

@@ -101,7 +101,9 @@ def test_random_matrix_product_equals_dense_qr_reference() -> None:
     res = lyapunov_spectrum(lambda x, t: Ms[t] @ x, torch.ones(d, dtype=F64), m, steps, warmup, q0=q0)
 
     # reference: plain numpy float64 QR of the accumulated products
-    Mnp, Q = Ms.numpy(), np.linalg.qr(q0.numpy())[0]
+    Mnp = Ms.numpy()
+    Q, R0 = np.linalg.qr(q0.numpy())
+    Q = Q * np.sign(np.diag(R0))  # the initial frame too has R's diagonal positive
     logs = np.zeros(m)
     for t in range(steps):
         Q, R = np.linalg.qr(Mnp[t] @ Q)

@@ -3,6 +3,11 @@
 
 This layer only parses arguments, configures logging and turns the toolkit's typed
 errors into one line on stderr and a non-zero exit (tracebacks only with ``--verbose``).
+
+Exit codes: 0 success; 2 bad input, including a bad option (one line and "see --help",
+not the usage block) and an output location that cannot be written (permissions,
+read-only, full disk); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM, handled like
+Ctrl-C: temporary files are removed and the run folder's lock released).
 Each subcommand lives in ``sdcompress/cli/<name>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``.
 """
@@ -10,10 +15,12 @@ Each subcommand lives in ``sdcompress/cli/<name>.py`` with ``add_arguments(parse
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import signal
 import sys
-from typing import Sequence
+from typing import Any, NoReturn, Sequence
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -36,19 +43,26 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks on errors")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no 12-line usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, str]:
     """The parser for this command line and which module runs it."""
     first = argv[0] if argv else ""
     if first in SUBCOMMANDS:
         module, help_ = SUBCOMMANDS[first]
-        parser = argparse.ArgumentParser(
+        parser = _Parser(
             prog=f"sdcompress {first}", description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
     else:
         module = PIPELINE_MODULE
         epilog = "subcommands:\n" + "\n".join(f"  {k:<10} {v[1]}" for k, v in SUBCOMMANDS.items())
         epilog += "\n\nrun 'sdcompress SUBCOMMAND --help' for each one's options."
-        parser = argparse.ArgumentParser(
+        parser = _Parser(
             prog="sdcompress",
             description="Estimate the Sharpness Dimension of a model at the edge of stability, compress it "
             "guided by SD, and verify that generalization is preserved.",
@@ -64,8 +78,41 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
+#: OS errors a user causes through where output goes (exit 2 with one line, like bad input)
+_USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+                   errno.ENAMETOOLONG}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    from sdcompress.errors import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 on success)."""
+    previous = None
+    try:  # SIGTERM (kill, a batch scheduler's time limit) unwinds like Ctrl-C: clean-up runs
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        pass
+    from sdcompress.errors import Terminated
+
+    try:
+        return _main(argv)
+    except Terminated:
+        print("sdcompress: terminated (SIGTERM); temporary files removed; rerun the same command to resume", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("sdcompress: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from sdcompress.errors import SdcompressError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -95,9 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"sdcompress: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("sdcompress: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
-        return 130
+    except OSError as exc:
+        if args.verbose or exc.errno not in _USER_OS_ERRORS:
+            raise
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"sdcompress: error: {exc.strerror}:{where}; check its permissions and free space, or choose another "
+              "--output-dir", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from sdcompress.cli.options import RUN_OPTIONS, under_options
 from sdcompress.cli.run import bits_arg, prune_arg, rank_arg
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise OutputExistsError(f"{str(out)!r} already exists; pass --overwrite or choose another --output")
-    cfg = PlanConfig(target_rank=args.target_rank, prune=args.prune, bits=args.bits, strategy=args.strategy,
-                     targets=args.targets, ignore=list(args.ignore), below_floor=args.below_floor, seed=args.seed,
-                     budget={} if args.budget is None else {"params_fraction": args.budget})
+    with under_options({**RUN_OPTIONS, "plan.seed": "--seed"}):
+        cfg = PlanConfig(target_rank=args.target_rank, prune=args.prune, bits=args.bits, strategy=args.strategy,
+                         targets=args.targets, ignore=list(args.ignore), below_floor=args.below_floor, seed=args.seed,
+                         budget={} if args.budget is None else {"params_fraction": args.budget})
     est, folder = _estimates(Path(args.source))
     model = args.model or (str(folder / "trained") if (folder / "trained").is_dir() else None)
     if model is None:

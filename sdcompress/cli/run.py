@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--output-dir", default=None, metavar="OUT", help="run folder (default: runs/<model>-<timestamp>)")
     o.add_argument("--dry-run", action="store_true", help="stop after writing plan.json")
     o.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    o.add_argument("--allow-untrained", action="store_true",
+                   help="go on when training ends at chance level or --steps is 0 (refused otherwise); the report says so")
     o.add_argument("--seed", type=int, default=None, help="seed of every stage (init, batches ω, probes); default: each config's")
     o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
     o.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
@@ -107,53 +110,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`RunConfig` these options describe."""
+    """The :class:`RunConfig` these options describe.
+
+    Every section is built (and so validated) from the options inside
+    :func:`~sdcompress.cli.options.under_options`: a bad value is reported under the
+    option that was typed (``--lr 0`` says ``--lr``). ``--set`` overrides apply last and
+    are reported as ``--set`` errors.
+
+    Raises:
+        ConfigError: a bad option or override, naming it, the value and the fix.
+    """
+    from sdcompress.cli.options import RUN_OPTIONS, under_options
     from sdcompress.config import ModelConfig
+    from sdcompress.estimator import EstimateConfig
     from sdcompress.evaluate import EvalConfig
+    from sdcompress.models import BUILTIN_MODELS
     from sdcompress.pipeline import OutputConfig, RunConfig
     from sdcompress.plan import PlanConfig
-
-    from sdcompress.models import BUILTIN_MODELS
     from sdcompress.train import default_data_config, default_train_config
 
-    # built-ins start from their documented EoS settings; others from the generic defaults
-    data = default_data_config(args.model)
-    if args.dataset is not None:
-        data.name = args.dataset
-    train = default_train_config(args.model)
-    if args.model not in BUILTIN_MODELS:
-        train.steps = NON_BUILTIN_STEPS  # a short constant-η phase from the checkpoint, not a training run
-    cfg = RunConfig(model=ModelConfig(name=args.model), data=data, train=train)
-    if args.batch_size is not None:
-        cfg.data.batch_size = args.batch_size
-    for attr, value in (("lr", args.lr), ("weight_decay", args.weight_decay), ("steps", args.steps)):
-        if value is not None:
-            setattr(cfg.train, attr, value)
-    for key, value in MAIN_JOB_ESTIMATE.items():
-        setattr(cfg.estimate, key, value)
-    if args.method is not None:
-        cfg.estimate.method = args.method
-    target_rank = args.target_rank if args.target_rank is not None else ("off" if args.prune != "off" else "auto")
-    cfg.plan = PlanConfig(
-        target_rank=target_rank, prune=args.prune, bits=args.bits, tolerance=args.tolerance,
-        targets=args.targets, ignore=list(args.ignore), strategy=args.strategy,
-        budget={} if args.budget is None else {"params_fraction": args.budget},
-    )
-    if args.eval_tolerance is not None:
-        cfg.evaluate = EvalConfig(tolerance=args.eval_tolerance)
-    cfg.output = OutputConfig(dir=args.output_dir, overwrite=args.overwrite)
-    cfg.seed, cfg.device, cfg.dry_run = args.seed, args.device, args.dry_run
-    if args.overrides:
-        from sdcompress.recipe import from_dict, parse_override, to_dict
+    def given(**values: Any) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if v is not None}
 
-        data = to_dict(cfg)
-        for text in args.overrides:
-            keys, value = parse_override(text, RunConfig)
-            node = data
-            for k in keys[:-1]:
-                node = node.setdefault(k, {})
-            node[keys[-1]] = value
-        cfg = from_dict(RunConfig, data, source="--set")  # every section re-validated
+    with under_options(RUN_OPTIONS):
+        model = ModelConfig(name=args.model)
+        # built-ins start from their documented EoS settings; others from the generic defaults
+        data = replace(default_data_config(args.model), **given(name=args.dataset, batch_size=args.batch_size))
+        train = default_train_config(args.model)
+        if args.model not in BUILTIN_MODELS:
+            train = replace(train, steps=NON_BUILTIN_STEPS)  # a short constant-η phase from the checkpoint
+        train = replace(train, **given(lr=args.lr, weight_decay=args.weight_decay, steps=args.steps))
+        estimate = EstimateConfig(**MAIN_JOB_ESTIMATE, **given(method=args.method))
+        target_rank = args.target_rank if args.target_rank is not None else ("off" if args.prune != "off" else "auto")
+        plan = PlanConfig(
+            target_rank=target_rank, prune=args.prune, bits=args.bits, tolerance=args.tolerance,
+            targets=args.targets, ignore=list(args.ignore), strategy=args.strategy,
+            budget={} if args.budget is None else {"params_fraction": args.budget},
+        )
+        evaluate = EvalConfig(**given(tolerance=args.eval_tolerance))
+        output = OutputConfig(dir=args.output_dir, overwrite=args.overwrite)
+        cfg = RunConfig(model=model, data=data, train=train, estimate=estimate, plan=plan, evaluate=evaluate,
+                        output=output, seed=args.seed, device=args.device, dry_run=args.dry_run,
+                        allow_untrained=bool(getattr(args, "allow_untrained", False)))
+    if args.overrides:
+        from sdcompress.recipe import apply_overrides, from_dict, to_dict
+
+        cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), args.overrides, RunConfig), source="--set")
     return cfg
 
 

@@ -42,7 +42,7 @@ from sdcompress.compress.apply import apply_structure_
 from sdcompress.compress.hf_remote import write_remote_code
 from sdcompress.compress.report import CompressionReport
 from sdcompress.errors import CompressionError, PlanError
-from sdcompress.io import check_output_dir, write_json_atomic, write_text_atomic
+from sdcompress.io import check_output_dir, set_default_modes, write_json_atomic, write_text_atomic
 from sdcompress.models.builtin import MODEL_CONFIG_FILE, OWN_MODELS, WEIGHTS_FILE
 from sdcompress.models.loader import COMPRESSION_FILE, LoadedModel
 from sdcompress.plan.schema import Plan
@@ -157,6 +157,7 @@ def save_compressed(
             "extra": extra or {},
         }
         write_json_atomic(tmp / COMPRESSION_FILE, meta)
+        set_default_modes(tmp)  # safetensors writes 0600: one mode for everything written
         _replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,8 +28,12 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # lazy: the Lyapunov module is imported only when asked for
-    if name in ("lyapunov_spectrum", "lyapunov_sd", "LyapunovResult"):
+    if name in ("lyapunov_spectrum", "LyapunovResult"):
         from sdcompress.estimator import lyapunov
 
         return getattr(lyapunov, name)
+    if name == "lyapunov_sd":
+        from sdcompress.estimator import lyapunov_sgd
+
+        return lyapunov_sgd.lyapunov_sd
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sdcompress.config import check_step_size
 from sdcompress.data.core import Batch, move_batch
 from sdcompress.data.stream import BatchStream
 from sdcompress.errors import ConfigError, EstimatorError
@@ -154,16 +155,12 @@ def estimate_sd(
             or the model has active dropout.
         EstimatorError: an empty batch stream, exact on too many parameters.
     """
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"learning rate must be a finite number > 0, got {lr!r}; pass the η the model is trained with, e.g. lr=0.1")
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ConfigError(f"weight decay must be a finite number ≥ 0, got {weight_decay!r}")
-    config = (config or EstimateConfig()).with_overrides(**overrides)
+    lr, weight_decay = check_step_size(lr, weight_decay)
     if method is not None:
-        config = config.with_overrides(method=method)
+        overrides["method"] = method
     if params is not None:
-        config = config.with_overrides(params=[params] if isinstance(params, str) else list(params))
-    config.validate()
+        overrides["params"] = [params] if isinstance(params, str) else list(params)
+    config = (config or EstimateConfig()).with_overrides(**overrides)  # validated on construction
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
@@ -186,7 +183,7 @@ def estimate_sd(
             seed=config.seed, neutral_tol=config.neutral_tol, params=patterns, settings=settings,
         )
     elif config.method == "lyapunov":
-        from sdcompress.estimator.lyapunov import lyapunov_sd
+        from sdcompress.estimator.lyapunov_sgd import lyapunov_sd
 
         lyap_batches = batches if isinstance(batches, BatchStream) and dtype is None else source.take(config.lyapunov_steps)
         est = lyapunov_sd(floss, lyap_batches, lr=lr, weight_decay=weight_decay, config=config)
@@ -199,6 +196,7 @@ def estimate_sd(
         measure = hessian_slq(
             floss, source, config.slq_runs, config.lanczos_steps, chunk_size=config.chunk_size,
             method=config.hvp_method, seed=config.seed,  # type: ignore[arg-type]
+            reorth=config.reorth, memory_budget=config.memory_budget,
         )
         est = density_estimate(
             measure, config.method, lr=lr, weight_decay=weight_decay, config=config,  # type: ignore[arg-type]

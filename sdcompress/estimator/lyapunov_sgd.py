@@ -5,10 +5,11 @@ The map is one SGD step on the batch of step t (PAPER.md §1),
     w_{t+1} = w_t − η (∇L_{B_t}(w_t) + wd · w_t),   J_t = (1 − η·wd) I − η H_{B_t}(w_t),
 
 run from the model's current parameters on a *copy* (the model is never modified). The
-tangent map is applied by Hessian-vector products (:class:`~sdcompress.linalg.StepJacobian`
-over :class:`~sdcompress.linalg.HessianOperator`, so a minibatch is split across
-processes under ``torch.distributed``), the gradient by
-:func:`~sdcompress.linalg.distributed.sharded_grad`. The QR method
+step and its tangent map come from ONE gradient graph per step (:func:`sgd_step_and_tangents`):
+g = ∇L_{B_t}(w_t) is built once with its graph kept, the SGD step uses g, and the m
+Hessian-vector products H Q are backward passes through the same graph (or, on CUDA,
+one ``vmap(jvp(grad))`` whose primal output is g); a minibatch is split across processes
+under ``torch.distributed`` and the shards are all-reduced. The QR method
 (:func:`~sdcompress.estimator.lyapunov.lyapunov_spectrum`) gives the top-m multi-step
 exponents Λ_1 ≥ … ≥ Λ_m, their Kaplan–Yorke (Lyapunov) dimension D_Λ, and the final
 tangent frame Q, whose columns span the directions the attractor expands most.
@@ -20,6 +21,15 @@ parameters. Shares sum to 1: they say where in the network the dominant subspace
 Per exponent, column j's share in a module is Σ_{i ∈ I_module} Q_ij² (columns have unit
 norm). Both are divided by the actual norms, so rounding in a float32 Q cannot make the
 shares miss 1.
+
+Warm start and convergence (PAPER.md §8: a random frame of m = 16 on the digits MLP at
+EoS sits in the weight-decay-contracted bulk for ~1,000 steps). ``lyapunov_warm_start``
+``"jacobian"`` starts the frame from the m eigenvectors of the first step's Jacobian
+J_0 = (1 − η·wd) I − η H_{B_0}(w_0) with the largest |eigenvalue| (a Lanczos run of
+``2m + 20`` products on J_0, both ends of the spectrum), ``"random"`` from a seeded
+Gaussian frame. ``lyapunov_tol`` turns ``lyapunov_steps`` into a cap: the run stops as
+soon as the halves test of :func:`~sdcompress.estimator.lyapunov.halves_test` passes,
+and ``SDEstimate.converged`` says whether it did (``convergence`` holds the numbers).
 """
 
 from __future__ import annotations
@@ -39,7 +49,9 @@ from sdcompress.data.stream import BatchStream
 from sdcompress.errors import ConfigError, EstimatorError
 from sdcompress.estimator.lyapunov import block_bootstrap_dimension, lyapunov_spectrum
 from sdcompress.estimator.result import SDEstimate
-from sdcompress.linalg.distributed import sharded_grad
+from sdcompress.linalg.distributed import all_reduce_sum, is_distributed, shard_batch
+from sdcompress.linalg.hvp import resolve_method
+from sdcompress.linalg.lanczos import lanczos
 from sdcompress.linalg.operators import HessianOperator, StepJacobian
 from sdcompress.models.functional import FunctionalLoss, ParamLayout
 
@@ -57,8 +69,12 @@ _DEFAULTS: dict[str, Any] = {
     "neutral_tol": 1e-6,
     "n_bootstrap": 200,
     "confidence": 0.95,
-    "hvp_method": None,  # None: HessianOperator's default path
+    "hvp_method": None,  # None: the default path ("auto")
+    "lyapunov_tol": None,  # None: no convergence test, run all steps
+    "lyapunov_check_every": 50,
+    "lyapunov_warm_start": "random",
 }
+WARM_STARTS = ("random", "jacobian")
 _N_BLOCKS = 10
 
 
@@ -143,6 +159,132 @@ def subspace_energy(Q: Tensor, layout: ParamLayout) -> dict[str, Any]:
     }
 
 
+def sgd_step_and_tangents(
+    floss: FunctionalLoss,
+    batch: Batch,
+    w: Tensor,
+    Q: Tensor,
+    *,
+    lr: float,
+    weight_decay: float,
+    method: str = "auto",
+    chunk_size: int | None = 16,
+) -> tuple[Tensor, Tensor]:
+    """One SGD step and its Jacobian on a frame, from one gradient graph.
+
+    w' = w − η(g + wd·w) and Z = J Q = (1 − η·wd) Q − η H Q with g = ∇L_B(w) and H = ∇²L_B(w).
+    ``"double-backward"`` (the CPU default): g is computed once with ``create_graph=True``
+    and each column of H Q is one more backward pass through that graph. ``"vmap"`` (the
+    CUDA default for blocks): ``vmap(jvp(grad))`` over Q's columns in chunks; the primal
+    output of the first chunk is g. ``"loop"``: the same jvp one column at a time. Under
+    ``torch.distributed`` each process takes its shard of B and g and H Q are all-reduced.
+
+    Args:
+        floss: the functional loss.
+        batch: the minibatch B_t.
+        w: the point w_t (d,).
+        Q: (d, m) tangent frame.
+        lr: η.
+        weight_decay: wd.
+        method: Hessian-vector product path (``"auto"`` as :func:`~sdcompress.linalg.hvp.resolve_method`).
+        chunk_size: columns per vmap call (``None``: all).
+
+    Returns:
+        (w', Z): the next point (d,) and J Q (d, m), detached, in w's dtype.
+    """
+    shard, weight = shard_batch(batch)
+    m = Q.shape[1]
+    how = resolve_method(method, m, w.device)  # type: ignore[arg-type]
+    if how == "double-backward":
+        x = w.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(floss(x, shard), x, create_graph=True)
+            rows = [torch.autograd.grad(g, x, Q[:, i], retain_graph=True)[0] for i in range(m)]
+        g = g.detach()
+        HQ = torch.stack(rows, dim=1).detach()
+        del rows, x
+    else:
+        gfun = torch.func.grad(lambda y: floss(y, shard))
+
+        def both(v: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.func.jvp(gfun, (w,), (v,))
+
+        size = m if (how == "loop" or chunk_size is None) else max(1, chunk_size)
+        if how == "loop":
+            size = 1
+        parts, g = [], None
+        for i in range(0, m, size):
+            block = Q[:, i : i + size]
+            gs, hv = (both(block[:, 0]) if size == 1 else torch.func.vmap(both, in_dims=1, out_dims=1)(block))
+            if size == 1:
+                gs, hv = gs[:, None], hv[:, None]
+            g = gs[:, 0] if g is None else g
+            parts.append(hv)
+        HQ = torch.cat(parts, dim=1).detach()
+        g = g.detach()  # type: ignore[union-attr]
+    if is_distributed():
+        g = all_reduce_sum(g * weight)
+        HQ = all_reduce_sum(HQ * weight)
+    shrink = 1.0 - lr * weight_decay
+    return w - lr * (g + weight_decay * w), shrink * Q - lr * HQ
+
+
+def jacobian_warm_frame(
+    floss: FunctionalLoss,
+    batch: Batch,
+    w: Tensor,
+    m: int,
+    *,
+    lr: float,
+    weight_decay: float,
+    steps: int | None = None,
+    seed: int = 0,
+    chunk_size: int | None = 16,
+    hvp_kw: dict[str, Any] | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """The m eigenvectors of J = (1 − η·wd) I − η H_B(w) with the largest |eigenvalue|.
+
+    One Lanczos run (full reorthogonalisation, basis kept: ``steps`` × d numbers) on the
+    step Jacobian from a seeded Gaussian vector; both ends of J's spectrum converge first,
+    and the Ritz vectors of the m largest |Ritz values| form the frame.
+
+    Args:
+        floss: the functional loss.
+        batch: the minibatch of the first Lyapunov step.
+        w: the point.
+        m: frame width (≤ d).
+        lr, weight_decay: the step map's η and wd.
+        steps: Lanczos steps (default ``min(d, 2m + 20)``).
+        seed: seed of the start vector.
+        chunk_size: vectors per vmap call of the Hessian operator.
+        hvp_kw: extra keyword arguments of :class:`HessianOperator` (``method``).
+
+    Returns:
+        ((d, m) orthonormal frame in w's dtype, info with ``"warm_start_hvp"``, the Ritz
+        values ``"warm_start_ritz"`` of the chosen vectors and their stretch ``ln|θ|``).
+    """
+    d = floss.d
+    steps = min(d, 2 * m + 20) if steps is None else min(d, max(steps, m))
+    J = StepJacobian(HessianOperator(floss, batch, w, chunk_size=chunk_size, **(hvp_kw or {})), lr, weight_decay)
+    g = torch.Generator().manual_seed(seed + 7919)
+    v0 = torch.randn(d, generator=g, dtype=torch.float64).to(dtype=w.dtype, device=w.device)
+    res = lanczos(J, v0, steps, keep_basis=True)
+    theta, S = res.ritz()
+    k = min(m, len(theta))
+    pick = torch.argsort(theta.abs(), descending=True)[:k]
+    frame = (S[:, pick].T.to(res.Q.dtype).to(res.Q.device) @ res.Q).T  # type: ignore[union-attr]  # (d, k)
+    if k < m:  # Lanczos broke down early (an invariant subspace): fill up at random
+        extra = torch.randn(d, m - k, generator=g, dtype=torch.float64).to(dtype=w.dtype, device=w.device)
+        frame = torch.cat([frame, extra], dim=1)
+    info = {
+        "warm_start_hvp": int(J.n_hvp),
+        "warm_start_ritz": theta[pick].tolist(),
+        "warm_start_log_stretch": torch.log(theta[pick].abs().clamp_min(1e-300)).tolist(),
+        "warm_start_lanczos_steps": int(res.steps),
+    }
+    return frame.contiguous(), info
+
+
 def _setting(config: Any, name: str) -> Any:
     return getattr(config, name, _DEFAULTS[name]) if config is not None else _DEFAULTS[name]
 
@@ -209,24 +351,35 @@ def lyapunov_sd(
     chunk_size = _setting(config, "chunk_size")
     neutral_tol = _setting(config, "neutral_tol")
     n_boot, confidence = _setting(config, "n_bootstrap"), _setting(config, "confidence")
-    hvp_kw = {} if _setting(config, "hvp_method") is None else {"method": _setting(config, "hvp_method")}
+    hvp_method = _setting(config, "hvp_method") or "auto"
+    tol = _setting(config, "lyapunov_tol")
+    check_every = _setting(config, "lyapunov_check_every")
+    warm = _setting(config, "lyapunov_warm_start")
+    if warm not in WARM_STARTS:
+        raise ConfigError(f"lyapunov_warm_start must be one of {list(WARM_STARTS)}, got {warm!r}")
     start = time.perf_counter()
     w0 = floss.params_vector()  # a detached clone: the model's parameters are never touched
     source = _BatchSource(batches, steps if isinstance(steps, int) else 0, w0.device)
-    n_hvp = [0]  # a count, not the operators: each holds a copy of w (d floats)
+    n_hvp = [0]
 
-    def sgd_step(w: Tensor, t: int) -> Tensor:
-        g = sharded_grad(floss, source(t), w)
-        return w - lr * (g + weight_decay * w)
+    def step_and_tangents(w: Tensor, Q: Tensor, t: int) -> tuple[Tensor, Tensor]:
+        n_hvp[0] += Q.shape[1]
+        return sgd_step_and_tangents(floss, source(t), w, Q, lr=lr, weight_decay=weight_decay,
+                                     method=hvp_method, chunk_size=chunk_size)
 
-    def step_jacobian(w: Tensor, Q: Tensor, t: int) -> Tensor:
-        J = StepJacobian(HessianOperator(floss, source(t), w, chunk_size=chunk_size, **hvp_kw), lr, weight_decay)
-        out = J.matmat(Q.T.contiguous()).T  # operators act on rows: (m, d) -> (m, d)
-        n_hvp[0] += J.n_hvp
-        return out
+    def sgd_step(w: Tensor, t: int) -> Tensor:  # unused by the loop (step_jvp_fn is given)
+        return step_and_tangents(w, w[:, None], t)[0]
 
+    warm_info: dict[str, Any] = {}
+    q0 = None
+    if warm == "jacobian" and isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= floss.d:
+        hvp_kw = {} if hvp_method == "auto" else {"method": hvp_method}
+        q0, warm_info = jacobian_warm_frame(floss, source(0), w0, m, lr=lr, weight_decay=weight_decay, seed=seed,
+                                            chunk_size=chunk_size, hvp_kw=hvp_kw)
+        n_hvp[0] += warm_info["warm_start_hvp"]
     res = lyapunov_spectrum(
-        sgd_step, w0, m, steps, warmup, seed=seed, jvp_fn=step_jacobian, desc="Lyapunov (SGD)"
+        sgd_step, w0, m, steps, warmup, seed=seed, q0=q0, step_jvp_fn=step_and_tangents, tol=tol,
+        check_every=check_every, desc="Lyapunov (SGD)",
     )
     (low, high), stderr, n_blocks = block_bootstrap_dimension(
         res.log_stretch, n_blocks=_N_BLOCKS, n_boot=n_boot, level=confidence, seed=seed
@@ -251,7 +404,9 @@ def lyapunov_sd(
         "exponents_qr_order": res.exponents_qr.tolist(),
         "running_exponents": res.running[:, order].tolist(),
         "running_sd": res.running_dimension.tolist(),
-        "n_grad": res.steps,
+        "n_grad": res.steps,  # one gradient graph per step, shared by the step and its m products
+        "qr_methods": res.qr_methods,
+        **warm_info,
     }
     settings = {
         "lyapunov_exponents": m,
@@ -262,8 +417,12 @@ def lyapunov_sd(
         "bootstrap_blocks": n_blocks,
         "bootstrap_replicates": n_boot,
         "confidence": confidence,
-        "hvp_method": hvp_kw.get("method", "default"),
+        "hvp_method": hvp_method,
         "batches": source.description,
+        "lyapunov_tol": tol,
+        "lyapunov_check_every": check_every,
+        "lyapunov_warm_start": warm,
+        "lyapunov_max_steps": steps,
     }
     est = SDEstimate(
         method="lyapunov",
@@ -282,6 +441,8 @@ def lyapunov_sd(
         neutral_tol=float(neutral_tol),
         settings=settings,
         extras=extras,
+        converged=res.converged,
+        convergence={**res.convergence, "hvp": n_hvp[0], "warm_start": warm} if res.convergence else {},
         subspace=subspace,
     )
     logger.info("%s", est.summary())

@@ -17,10 +17,11 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from sdcompress.config import FieldError, Validated, is_number, need_int
 from sdcompress.data.core import ArrayDataset, DatasetBundle, batch_size_of, move_batch
 from sdcompress.data.stream import BatchStream
 from sdcompress.errors import ConfigError
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Validated):
     """Settings of the evaluation.
 
     Attributes:
@@ -46,22 +47,31 @@ class EvalConfig:
         remeasure_sd: re-measure SD on the compressed model (same ω, η, estimator).
     """
 
+    SECTION: ClassVar[str] = "evaluate"
+
     tolerance: float = 0.05
     batch_size: int = 64
     max_test_examples: int | None = None
     max_train_examples: int | None = 2048
     remeasure_sd: bool = True
 
-    def __post_init__(self) -> None:
-        from sdcompress.evaluate.verdict import check_tolerance
+    def validate(self) -> "EvalConfig":
+        """Check every field; returns ``self`` (run on construction).
 
-        check_tolerance(self.tolerance)
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"evaluate.batch_size must be a positive integer, got {self.batch_size!r}")
+        Raises:
+            FieldError: naming the field (``evaluate.NAME``), the value and the fix.
+        """
+        s = self.SECTION
+        if not is_number(self.tolerance) or not self.tolerance > 0:
+            raise FieldError(s, "tolerance", "a finite number > 0 (nats of test loss)", self.tolerance, "e.g. 0.05")
+        need_int(s, "batch_size", self.batch_size, 1, "examples per forward pass, e.g. 64")
         for name in ("max_test_examples", "max_train_examples"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ConfigError(f"evaluate.{name} must be a positive integer or null, got {v!r}")
+            if v is not None:
+                need_int(s, name, v, 1, "or null for no cap" if name == "max_test_examples" else "")
+        if not isinstance(self.remeasure_sd, bool):
+            raise FieldError(s, "remeasure_sd", "true or false", self.remeasure_sd)
+        return self
 
 
 @dataclass(frozen=True)

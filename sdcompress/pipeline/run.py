@@ -37,11 +37,13 @@ from typing import Any
 from sdcompress.data import BatchStream
 from sdcompress.estimator.result import SDEstimate
 from sdcompress.evaluate import EvalReport, verdict
-from sdcompress.io import write_json_atomic
+from sdcompress.errors import UntrainedError
+from sdcompress.io import FolderLock, check_writable, make_dirs, remove_created, write_json_atomic
 from sdcompress.models import LoadedModel
 from sdcompress.pipeline.config import RunConfig, resolve_device
-from sdcompress.pipeline.folder import CONFIG_FILE, clear_run, prepare_folder
+from sdcompress.pipeline.folder import CONFIG_FILE, clear_leftovers, clear_run, prepare_folder
 from sdcompress.pipeline.stages import (
+    Trained,
     finish_training,
     load_trained,
     stage_compress_final,
@@ -51,6 +53,7 @@ from sdcompress.pipeline.stages import (
 )
 from sdcompress.plan import Plan
 from sdcompress.report import RunReport, environment, render_run
+from sdcompress.train.quality import TrainingQuality, assess_train_log
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +73,21 @@ def run_pipeline(config: RunConfig) -> RunReport:
     """
     cfg = config.resolved()
     device = resolve_device(cfg.device)
-    tolerance = cfg.plan.tolerance if cfg.plan.tolerance is not None else cfg.evaluate.tolerance
     folder = Path(cfg.output.dir)
+    check_writable(folder)
+    created = make_dirs(folder)  # the lock lives in the folder; removed again if this run leaves nothing
+    try:
+        with FolderLock(folder, what="run folder"):
+            for path in clear_leftovers(folder):
+                logger.info("removed %s, left by an interrupted run", path.name)
+            return _run_locked(cfg, folder, device)
+    finally:
+        remove_created(created)  # only where empty: a failed fresh run leaves nothing behind
+
+
+def _run_locked(cfg: RunConfig, folder: Path, device: Any) -> RunReport:
+    """:func:`run_pipeline` once the folder's lock is held."""
+    tolerance = cfg.plan.tolerance if cfg.plan.tolerance is not None else cfg.evaluate.tolerance
     cfg_dict = cfg.to_dict()
     resuming = prepare_folder(folder, cfg_dict, cfg.output.overwrite)
     timings: dict[str, float] = {}
@@ -79,19 +95,20 @@ def run_pipeline(config: RunConfig) -> RunReport:
     logger.info("[1/5] model and training (%s on %s)", cfg.model.name, cfg.data.name)
     # what can fail on bad input (model, data, EoS training of a built-in) runs before the folder is touched
     trained = load_trained(cfg, folder if resuming else None, device)  # checks targets first
-    if cfg.output.overwrite and folder.exists():
+    quality = _check_quality(cfg, trained) if not trained.pending else None
+    if cfg.output.overwrite:
         clear_run(folder)
     fresh = not (folder / CONFIG_FILE).exists()
-    folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / CONFIG_FILE, cfg_dict)
     logger.info("run folder: %s%s", folder, " (resuming)" if resuming else "")
     try:
+        pending = trained.pending
         trained = finish_training(cfg, trained, folder)
+        if pending:
+            quality = _check_quality(cfg, trained)
     except BaseException:
         if fresh:  # a new run that failed in its first stage leaves nothing behind
             clear_run(folder)
-            if not any(folder.iterdir()):
-                folder.rmdir()
         raise
     loaded, data = trained.loaded, trained.data
     timings["train"] = time.perf_counter() - t
@@ -107,7 +124,7 @@ def run_pipeline(config: RunConfig) -> RunReport:
     result = stage_tries(cfg, folder, loaded, data, est, lyap, before, tolerance)
     timings["plan+compress"] = time.perf_counter() - t
     if cfg.dry_run:
-        return _dry_report(cfg, loaded, est, before, result.plan, tolerance, train_summary(trained.log, trained.phase))
+        return _dry_report(cfg, loaded, est, before, result.plan, tolerance, _training(trained, quality))
 
     t = time.perf_counter()
     logger.info("[4/5] save the compressed model and re-measure SD")
@@ -115,23 +132,66 @@ def run_pipeline(config: RunConfig) -> RunReport:
     timings["final"] = time.perf_counter() - t
     v = verdict(before.test_loss, after.test_loss, tolerance, gap_before=before.gap, gap_after=after.gap,
                 sd_before=est.sd, sd_after=after.sd, d_before=est.d, d_after=after.d)
+    verdict_dict = v.to_dict()
+    if quality is not None and quality.untrained:  # allowed by allow_untrained: the report says so first
+        verdict_dict["message"] = f"UNTRAINED network (allow_untrained): {quality.reason}; {v.message}"
+        verdict_dict["untrained"] = quality.reason
     report = RunReport(
         model=cfg.model.name, dataset=str(cfg.data.name),
         sd_before=float(est.sd), sd_after=after.sd, d_before=int(est.d), d_after=after.d,
         test_loss_before=before.test_loss, test_loss_after=after.test_loss,
         params_before=compression["params_before"], params_after=compression["params_after"],
         bytes_before=compression["bytes_before"], bytes_after=compression["bytes_after"],
-        verdict=v.to_dict(), plan=_plan_summary(result.plan), compression=compression,
+        verdict=verdict_dict, plan=_plan_summary(result.plan), compression=compression,
         evaluation_before={**before.to_dict(), "estimate": None}, evaluation_after={**after.to_dict(), "estimate": None},
-        estimate=_estimate_summary(est, lyap), training=train_summary(trained.log, trained.phase), tries=result.tries,
+        estimate=_estimate_summary(est, lyap), training=_training(trained, quality), tries=result.tries,
         config=cfg_dict,
         environment=environment(str(device)), wall_time_s=timings,
     )
     logger.info("[5/5] report")
     report.save(folder)
     render_run(folder)
-    logger.info("%s", v.message)
+    logger.info("%s", verdict_dict["message"])
     return report
+
+
+def _n_outputs(trained: Trained) -> int | None:
+    """K of the chance level: the classes of a classifier, the vocabulary of a language model."""
+    info = trained.data.info
+    if trained.loaded.task == "classification":
+        k = info.get("n_classes")
+    else:
+        k = info.get("vocab_size") or getattr(getattr(trained.loaded.model, "config", None), "vocab_size", None)
+    return int(k) if k else None
+
+
+def _check_quality(cfg: RunConfig, trained: Trained) -> TrainingQuality | None:
+    """Refuse a network that did not train (steps = 0) or ended at chance level, unless
+    ``cfg.allow_untrained`` (then a warning, and the report says so).
+
+    A checkpoint used as it is (no SGD phase, no log) was trained elsewhere: not judged.
+
+    Raises:
+        UntrainedError: the network is untrained and ``allow_untrained`` is false.
+    """
+    if not trained.log:
+        return None
+    quality = assess_train_log(trained.log, _n_outputs(trained))
+    if not quality.untrained:
+        return quality
+    if getattr(cfg, "allow_untrained", False):
+        logger.warning("%s; continuing because allow_untrained is set (the report says so)", quality.reason)
+        return quality
+    fix = "pass --steps > 0" if quality.steps == 0 else "use a smaller --lr or more --steps"
+    raise UntrainedError(f"{quality.reason}: SD, the plan and the verdict of such a network mean nothing; {fix}, "
+                         "or pass --allow-untrained to study it anyway")
+
+
+def _training(trained: Trained, quality: TrainingQuality | None) -> dict[str, Any]:
+    summary = train_summary(trained.log, trained.phase)
+    if quality is not None:
+        summary["quality"] = quality.to_dict()
+    return summary
 
 
 def _plan_summary(plan: Plan) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sdcompress.data import BatchStream, DatasetBundle
 from sdcompress.estimator import estimate_sd
 from sdcompress.estimator.result import SDEstimate
 from sdcompress.evaluate import EvalReport, evaluate, measure_sd, verdict
-from sdcompress.io import write_json_atomic
+from sdcompress.io import set_default_modes, write_json_atomic
 from sdcompress.models import BUILTIN_MODELS, LoadedModel, load_model
 from sdcompress.pipeline.config import RunConfig
 from sdcompress.pipeline.folder import (
@@ -36,7 +36,7 @@ from sdcompress.pipeline.folder import (
     TRAINED_DIR,
     TRIES_DIR,
 )
-from sdcompress.plan import Plan, describe_modules, make_plan, module_statistics
+from sdcompress.plan import CURVATURE_STRATEGIES, Plan, describe_modules, make_plan, module_curvature, module_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def finish_training(cfg: RunConfig, trained: Trained, folder: Path) -> Trained:
             trained.loaded.model.save_pretrained(tmp)
             if trained.loaded.tokenizer is not None:
                 trained.loaded.tokenizer.save_pretrained(tmp)
+            set_default_modes(tmp)  # mkdtemp makes 0700, safetensors 0600: one mode for the run folder
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -164,6 +165,8 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
         logger.info("estimating SD (%s)", cfg.estimate.method)
         est = estimate_sd(loaded.model, stream, method=cfg.estimate.method, **kw)
         est.save(folder, ESTIMATES_FILE)
+        for written in folder.glob("*.safetensors"):  # the subspace of a Lyapunov estimate (safetensors: 0600)
+            set_default_modes(written)
     logger.info("%s", est.summary())
     lyap = est if est.subspace is not None else None
     if lyap is None and needs_subspace(cfg):
@@ -174,8 +177,12 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
             logger.info("tracking the dominant Lyapunov subspace")
             lyap = estimate_sd(loaded.model, stream, method="lyapunov", **kw)
             tmp = Path(tempfile.mkdtemp(prefix=f".{LYAPUNOV_DIR}.", suffix=".tmp", dir=folder))
-            lyap.save(tmp, ESTIMATES_FILE)
-            os.replace(tmp, ldir)
+            try:
+                lyap.save(tmp, ESTIMATES_FILE)
+                set_default_modes(tmp)
+                os.replace(tmp, ldir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed when anything failed
         logger.info("%s", lyap.summary())
     if (folder / EVAL_BEFORE_FILE).is_file():
         before = EvalReport.load(folder / EVAL_BEFORE_FILE)
@@ -199,6 +206,7 @@ def check_targets(cfg: RunConfig, loaded: LoadedModel) -> None:
     """
     from sdcompress.errors import PlanError
 
+    cfg.check_model(loaded.model)  # estimator settings that need d (Lyapunov m ≤ d, exact's size)
     modules = describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore)
     if cfg.plan.rank_mode == "manual" and not cfg.plan.clip_rank and cfg.plan.strategy == "sd":
         k = int(cfg.plan.target_rank)
@@ -248,13 +256,20 @@ def stage_tries(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Dataset
             fs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed, replacement=cfg.data.replacement)
             batches = fs.take(cfg.plan.fisher_batches)
         stats = module_statistics(loaded.model, modules, batches, loss_fn=loaded.loss_fn)
+    curvature = None
+    if (cfg.plan.strategy in CURVATURE_STRATEGIES and cfg.plan.curvature_batches > 0
+            and (cfg.plan.strategy != "sd" or cfg.plan.rank_mode == "auto")):
+        cs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed + 1, replacement=cfg.data.replacement)
+        curvature = module_curvature(loaded.model, modules, cs.take(cfg.plan.curvature_batches), loss_fn=loaded.loss_fn,
+                                     probes=cfg.plan.curvature_probes, seed=cfg.plan.seed)
     result: TriesResult | None = None
     previous: dict | None = None
     for attempt in range(cfg.plan.max_tries if closed else 1):
         pcfg = cfg.plan.escalated(attempt)
         tdir = folder / TRIES_DIR / f"{attempt + 1:02d}" if closed else folder
         plan_path = tdir / PLAN_FILE
-        plan = Plan.load(plan_path) if plan_path.is_file() else make_plan(est, modules, pcfg, subspace=lyap, stats=stats)
+        plan = Plan.load(plan_path) if plan_path.is_file() else make_plan(est, modules, pcfg, subspace=lyap, stats=stats,
+                                                                                  curvature=curvature)
         if previous is not None and plan.to_dict()["modules"] == previous:
             logger.info("try %d would repeat the previous plan: nothing left to raise", attempt + 1)
             break

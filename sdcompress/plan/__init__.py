@@ -12,11 +12,22 @@ import sys
 import types
 from typing import Any
 
-from sdcompress.plan.baselines import energy_rank, fisher_row_weights, plan_baseline
-from sdcompress.plan.config import BASELINES, BUDGET_KEYS, STRATEGIES, SUPPORTED_BITS, PlanConfig
-from sdcompress.plan.planner import allot, importance_weights, make_plan, module_floors, plan_sd, rank_floor, water_fill
+from sdcompress.plan.baselines import energy_rank, fisher_row_weights, hawq_cost, plan_baseline
+from sdcompress.plan.config import BASELINES, BUDGET_KEYS, CURVATURE_STRATEGIES, STRATEGIES, SUPPORTED_BITS, PlanConfig
+from sdcompress.plan.curvature import ModuleCurvature, curvature_from_dict, module_curvature, rank_grid
+from sdcompress.plan.planner import (
+    allot,
+    curvature_options,
+    importance_weights,
+    make_plan,
+    measured_shares,
+    module_floors,
+    plan_sd,
+    rank_floor,
+    water_fill,
+)
 from sdcompress.plan.schema import ALLOWED_BITS, KNOWN_STRATEGIES, PLAN_VERSION, ModulePlan, Plan, kept_count, quantized_bytes
-from sdcompress.plan.sizing import fit_budget, size_fraction
+from sdcompress.plan.sizing import RankOption, fit_budget, greedy_path, path_prefix, rank_options, size_fraction
 from sdcompress.plan.targets import (
     ModuleInfo,
     ModuleStats,
@@ -34,6 +45,18 @@ __all__ = [
     "ALLOWED_BITS",
     "BASELINES",
     "BUDGET_KEYS",
+    "CURVATURE_STRATEGIES",
+    "ModuleCurvature",
+    "RankOption",
+    "curvature_from_dict",
+    "curvature_options",
+    "greedy_path",
+    "hawq_cost",
+    "measured_shares",
+    "module_curvature",
+    "path_prefix",
+    "rank_grid",
+    "rank_options",
     "KNOWN_STRATEGIES",
     "ModuleInfo",
     "ModulePlan",
