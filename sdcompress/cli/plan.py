@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from sdcompress.errors import ConfigError, OutputExistsError
     from sdcompress.estimator.result import SDEstimate
     from sdcompress.models import DEFAULT_DATASET
-    from sdcompress.plan import PlanConfig
+    from sdcompress.plan import CURVATURE_STRATEGIES, PlanConfig
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -85,12 +85,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"the estimate is over d = {est.d} parameters but {model!r} has a different count: "
                           "pass the model the estimate was made on (--model)")
     batches = None
-    if cfg.strategy == "fisher":
+    if cfg.strategy == "fisher" or cfg.strategy in CURVATURE_STRATEGIES and (cfg.strategy != "sd" or cfg.rank_mode == "auto"):
         name = args.dataset or DEFAULT_DATASET.get(Path(model).name) or DEFAULT_DATASET.get(getattr(loaded, "name", ""))
-        if name is None:
-            raise ConfigError("the Fisher baseline needs data: pass --dataset")
-        data = load_data(name, seed=args.seed, tokenizer=loaded.tokenizer)
-        batches = BatchStream(data.train, args.batch_size, seed=args.seed).take(cfg.fisher_batches)
+        if name is None and cfg.strategy != "sd":
+            raise ConfigError(f"the {cfg.strategy!r} baseline needs data: pass --dataset")
+        if name is not None:  # the SD plan without data keeps per-module floors (its notes say so)
+            data = load_data(name, seed=args.seed, tokenizer=loaded.tokenizer)
+            batches = BatchStream(data.train, args.batch_size, seed=args.seed).take(max(cfg.fisher_batches, cfg.curvature_batches))
     plan = plan_model(loaded, est, cfg, subspace=sub, batches=batches)
     plan.save(out)
     if not args.quiet:

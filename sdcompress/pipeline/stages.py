@@ -161,8 +161,9 @@ def needs_subspace(cfg: RunConfig) -> bool:
 
 
 def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: DatasetBundle,
-                   stream: BatchStream) -> tuple[SDEstimate, SDEstimate | None, EvalReport]:
-    """SD estimate, Lyapunov subspace estimate, and the evaluation of the trained model."""
+                   stream: BatchStream, *, lyapunov: bool = True) -> tuple[SDEstimate, SDEstimate | None, EvalReport]:
+    """SD estimate, Lyapunov subspace estimate (unless ``lyapunov`` is False: the pre-flight
+    found no room for it, or a dry run), and the evaluation of the trained model."""
     lr, wd = _lr_wd(cfg)
     kw = dict(lr=lr, weight_decay=wd, params=_params(cfg), loss_fn=loaded.loss_fn, config=cfg.estimate)
     if (folder / ESTIMATES_FILE).is_file():
@@ -175,12 +176,15 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
             set_default_modes(written)
     logger.info("%s", est.summary())
     lyap = est if est.subspace is not None else None
-    if lyap is None and needs_subspace(cfg):
+    if lyap is None and needs_subspace(cfg) and lyapunov:
         ldir = folder / LYAPUNOV_DIR
         if (ldir / ESTIMATES_FILE).is_file():
             lyap = SDEstimate.load(ldir, ESTIMATES_FILE)
         else:
-            logger.info("tracking the dominant Lyapunov subspace")
+            # the frame starts from the first step's Jacobian (estimate.lyapunov_warm_start) and runs to
+            # its convergence test (estimate.lyapunov_tol), capped at estimate.lyapunov_steps
+            logger.info("tracking the dominant Lyapunov subspace (warm start: %s, tolerance: %s, at most %s steps)",
+                        cfg.estimate.lyapunov_warm_start, cfg.estimate.lyapunov_tol, cfg.estimate.lyapunov_steps)
             lyap = estimate_sd(loaded.model, stream, method="lyapunov", **kw)
             tmp = Path(tempfile.mkdtemp(prefix=f".{LYAPUNOV_DIR}.", suffix=".tmp", dir=folder))
             try:
@@ -190,6 +194,13 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed when anything failed
         logger.info("%s", lyap.summary())
+        conv = lyap.convergence or {}
+        if lyap.converged:
+            logger.info("the Lyapunov subspace converged after %s steps (%s test)", conv.get("steps"), conv.get("test"))
+        elif lyap.converged is False:
+            logger.warning("the Lyapunov subspace did NOT converge within %s steps (frames differ by %s, tolerance %s): "
+                           "plans must not use it; raise --set estimate.lyapunov_steps=N",
+                           conv.get("steps"), conv.get("max_frame_difference"), conv.get("tol"))
     if (folder / EVAL_BEFORE_FILE).is_file():
         before = EvalReport.load(folder / EVAL_BEFORE_FILE)
     else:
@@ -200,6 +211,9 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
 
 
 # ------------------------------------------------------------------------------ tries
+
+#: marks a plan written by a dry run (made before the Lyapunov stage; a full run remakes it)
+DRY_RUN_NOTE = "dry run: planned before the Lyapunov stage, from the SD estimate alone; the full run plans again"
 
 
 def check_targets(cfg: RunConfig, loaded: LoadedModel) -> None:
@@ -258,8 +272,13 @@ def stage_tries(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Dataset
         pcfg = cfg.plan.escalated(attempt)
         tdir = folder / TRIES_DIR / f"{attempt + 1:02d}" if closed else folder
         plan_path = tdir / PLAN_FILE
-        plan = Plan.load(plan_path) if plan_path.is_file() else make_plan(est, modules, pcfg, subspace=lyap, stats=stats,
-                                                                                  curvature=curvature)
+        plan = Plan.load(plan_path) if plan_path.is_file() else None
+        if plan is not None and DRY_RUN_NOTE in plan.notes and not cfg.dry_run:
+            plan = None  # a dry run's plan was made before the Lyapunov stage: make it again
+        if plan is None:
+            plan = make_plan(est, modules, pcfg, subspace=lyap, stats=stats, curvature=curvature)
+            if cfg.dry_run:
+                plan = replace(plan, notes=tuple(plan.notes) + (DRY_RUN_NOTE,))
         if previous is not None and plan.to_dict()["modules"] == previous:
             logger.info("try %d would repeat the previous plan: nothing left to raise", attempt + 1)
             break
