@@ -325,6 +325,18 @@ def test_compressed_folder_missing_or_truncated_file_is_named(finished_run, tmp_
         with pytest.raises(CompressionError, match=f"is missing {name}") as info:
             sdcompress.load_model(str(folder))
         assert "do not match the stored plan" not in str(info.value)
+    # a compressed causal LM (auto_map + layer block in config.json) without its plan file
+    from sdcompress.compress import compress_, eligible_modules, save_compressed
+    from sdcompress.models.loader import COMPRESSION_FILE
+    from sdcompress.plan.schema import ModulePlan, Plan
+
+    model = tiny_gpt2(seed=0).eval()
+    plan = Plan(tuple(ModulePlan(n, o, i, rank=2) for n, (o, i) in eligible_modules(model).items()), "manual")
+    compress_(model, plan)
+    lm = save_compressed(model, tmp_path / "lm", plan)
+    (lm / COMPRESSION_FILE).unlink()
+    with pytest.raises(ModelError, match=f"is missing {COMPRESSION_FILE}"):
+        sdcompress.load_model(str(lm))
     folder = _copy(finished_run / "model", tmp_path / "trunc")
     _truncate(folder / "model.safetensors")
     with pytest.raises(CompressionError, match="damaged or truncated"):
