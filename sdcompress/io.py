@@ -257,6 +257,38 @@ class FolderLock:
         self._fd = fd
         return self
 
+    def held_elsewhere(self) -> str | None:
+        """Who holds the lock when another process does (``None`` when free), without
+        taking it: a shared ``flock`` probe, so many processes may probe at once.
+
+        Data-parallel ranks that work in a private copy of the folder use it to refuse a
+        folder in use exactly when the main process will.
+        """
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None  # no lock file: free
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return self._holder()
+        finally:
+            os.close(fd)  # closing drops the probe's shared lock
+        return None
+
+    def check_free(self) -> None:
+        """Raise as :meth:`acquire` would when another process holds the lock; take nothing.
+
+        Raises:
+            FolderLockedError: another live process holds it.
+        """
+        holder = self.held_elsewhere()
+        if holder is not None:
+            raise FolderLockedError(f"{self.what} {str(self.folder)!r} is in use by another sdcompress run ({holder}); "
+                                    "wait for it to finish or choose another --output-dir")
+
     def release(self) -> None:
         """Remove the lock file and drop the lock (no-op when not held)."""
         if self._fd is None:

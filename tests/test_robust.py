@@ -119,6 +119,18 @@ def test_folder_lock_refuses_a_second_holder_and_removes_its_file(tmp_path):
     FolderLock(tmp_path).acquire().release()  # free again
 
 
+def test_lock_probe_used_by_data_parallel_ranks(tmp_path):
+    probe = FolderLock(tmp_path)
+    assert probe.held_elsewhere() is None  # no lock file: free
+    with FolderLock(tmp_path):
+        assert f"pid {os.getpid()}" in (probe.held_elsewhere() or "")
+        with pytest.raises(FolderLockedError, match="in use by another sdcompress run"):
+            probe.check_free()
+    (tmp_path / LOCK_FILE).write_text('{"pid": 999999999}')  # left by a killed run: free
+    probe.check_free()
+    FolderLock(tmp_path).acquire().release()  # probing took nothing
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_log_line(tmp_path, caplog):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 999999999, "host": os.uname().nodename, "since": "yesterday"}))
     with caplog.at_level(logging.WARNING, logger="sdcompress.io"):
