@@ -1,7 +1,11 @@
-"""Small file helpers: atomic writes and output-folder rules.
+"""Small file helpers: atomic writes, output-folder rules, file modes and folder locks.
 
 Nothing is ever half-written: files are written to a temporary name in the same folder
-and renamed into place (``os.replace`` is atomic on POSIX).
+and renamed into place (``os.replace`` is atomic on POSIX). Everything written gets one
+mode (files 0666, folders 0777, less the umask: :func:`set_default_modes`). An output
+location that is a regular file or cannot be written is refused before any work
+(:func:`check_writable`), and one process at a time writes into a folder
+(:class:`FolderLock`).
 """
 
 from __future__ import annotations
