@@ -357,3 +357,16 @@ def test_hessian_slq_records_weights_per_parameter_tensor(mlp64):
     meas = hessian_slq(loss, lambda r: batch, runs=2, steps=8, seed=0)
     assert meas.block_names == loss.layout.names
     np.testing.assert_allclose(meas.block_weights.sum(axis=1), meas.tau, atol=1e-10)
+
+
+def test_batched_double_backward_equals_the_loop_and_the_dense_hessian(gpt64, mlp64):
+    for loss, batch in (gpt64, mlp64):
+        w = loss.params_vector()
+        V = torch.randn(5, loss.d, generator=torch.Generator().manual_seed(0), dtype=w.dtype)
+        graph = GradientGraph(loss, batch, w, chunk_size=2)  # chunks of 2, 2, 1
+        assert graph._batched
+        batched = graph.matmat(V)
+        graph._batched = False
+        looped = graph.matmat(V)
+        torch.testing.assert_close(batched, looped, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(batched, V @ dense_hessian(loss, batch, w), rtol=1e-8, atol=1e-10)

@@ -54,7 +54,7 @@ Reorth = Literal["auto", "full", "half", "none"]
 REORTH_MODES: tuple[str, ...] = ("auto", "full", "half", "none")
 # fraction of the available memory a Lanczos run may use by default
 DEFAULT_BUDGET_FRACTION = 0.1
-# work vectors of d each held by one run besides the basis (q, q_prev, z, and a temporary)
+# work vectors of d each held by one run besides the basis (the start vector, q, q_prev, z)
 _WORK_VECTORS = 4
 # a "half" basis is cast back to full precision this many bytes at a time
 _CAST_CHUNK_BYTES = 2**26
@@ -250,13 +250,13 @@ class _Basis:
         for _ in range(2):
             if self.dtype == z.dtype:
                 Q = self.Q[: self.n]
-                z = z - Q.T @ (Q @ z)
+                z.sub_(Q.T @ (Q @ z))
             else:
                 # a few rows at a time: never a full-precision copy of the basis
                 rows = max(1, _CAST_CHUNK_BYTES // (z.numel() * z.element_size()))
                 for k in range(0, self.n, rows):
                     Q = self.Q[k : min(k + rows, self.n)].to(z.dtype)
-                    z = z - Q.T @ (Q @ z) / self.scale**2
+                    z.sub_(Q.T @ (Q @ z), alpha=1.0 / self.scale**2)
         return z
 
 
@@ -319,14 +319,16 @@ def lanczos(
             dots.append(torch.stack([prod[s].sum() for s in blocks]).double().cpu())
             del prod
         z = op.matvec(q)
+        if z.untyped_storage().data_ptr() in (q.untyped_storage().data_ptr(), v0.untyped_storage().data_ptr()):
+            z = z.clone()  # updated in place below: never write into q (an operator may return its input)
         if q_prev is not None:
-            z = z - betas[-1] * q_prev
+            z.sub_(q_prev, alpha=betas[-1])
         a = torch.dot(q, z)
-        z = z - a * q
+        z.sub_(q, alpha=float(a))
         if basis is not None:
             z = basis.orthogonalise(z)
         else:
-            z = z - torch.dot(q, z) * q  # local second pass against the current vector
+            z.sub_(q, alpha=float(torch.dot(q, z)))  # local second pass against the current vector
         alphas.append(float(a))
         b = float(z.norm())
         scale = max(scale, abs(alphas[-1]), b)
