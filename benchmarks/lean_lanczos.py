@@ -13,6 +13,8 @@ Writes ``results/bench/lean_lanczos.json`` and ``results/bench/lean_lanczos.md``
 
     python benchmarks/lean_lanczos.py             # full (minutes on 2 CPU cores)
     python benchmarks/lean_lanczos.py --quick     # smoke test
+    python benchmarks/lean_lanczos.py --sweep     # SD of the MLP against Lanczos steps, full vs none
+                                                  # (lean_lanczos_steps.{json,md})
 
 One thread (``torch.set_num_threads(1)``); the load average is recorded.
 """
@@ -87,7 +89,8 @@ def sd_rows(name: str, runs: int, steps: int) -> dict[str, Any]:
     floss = FunctionalLoss(model, loss_fn=loaded.loss_fn)
     stream = BatchStream(data.train, result.data_config.batch_size, seed=1)
     econf = EstimateConfig(n_bootstrap=0)
-    out: dict[str, Any] = {"d": floss.d, "lr": lr, "weight_decay": wd, "runs": runs, "steps": steps, "modes": {}}
+    out: dict[str, Any] = {"d": floss.d, "lr": lr, "weight_decay": wd, "runs": runs, "steps": steps, "modes": {},
+                           "sizes": dict(zip(floss.layout.names, floss.layout.sizes))}
     for mode in MODES:
         start = time.perf_counter()
         meas = hessian_slq(floss, stream.batch, runs, steps, seed=0, reorth=mode)
@@ -111,6 +114,37 @@ def sd_rows(name: str, runs: int, steps: int) -> dict[str, Any]:
     return out
 
 
+def steps_sweep(runs: int, steps_list: list[int]) -> dict[str, Any]:
+    """SD-PS of the trained digits MLP against the number of Lanczos steps, full vs none."""
+    loaded, data, result = pretrained_builtin("mlp")
+    floss = FunctionalLoss(loaded.model.eval(), loss_fn=loaded.loss_fn)
+    stream = BatchStream(data.train, result.data_config.batch_size, seed=1)
+    lr, wd = float(result.config.lr), float(result.config.weight_decay)
+    rows = []
+    for steps in steps_list:
+        for mode in ("full", "none"):
+            meas = hessian_slq(floss, stream.batch, runs, steps, seed=0, reorth=mode)
+            est = density_estimate(meas, "ps", lr=lr, weight_decay=wd, config=EstimateConfig(n_bootstrap=0))
+            rows.append({"steps": steps, "reorth": mode, "sd": est.sd, "n_hvp": meas.n_hvp})
+            logger.info("  steps=%d %s: SD-PS %.1f", steps, mode, est.sd)
+    return {"model": "mlp", "d": floss.d, "lr": lr, "weight_decay": wd, "runs": runs, "rows": rows}
+
+
+def sweep_markdown(res: dict[str, Any]) -> str:
+    sw = res["sweep"]
+    full = {r["steps"]: r["sd"] for r in sw["rows"] if r["reorth"] == "full"}
+    ref = full.get(80, full[max(full)])
+    lines = ["# SD of the digits MLP against Lanczos steps: full reorthogonalisation vs the O(d) recurrence", "",
+             f"Command: `{res['command']}` ({res['seconds']:.0f} s), load average {res['load']}. Trained built-in `mlp` "
+             f"(d = {sw['d']:,}, η = {sw['lr']}, wd = {sw['weight_decay']}), {sw['runs']} SLQ runs, same batches and probes; "
+             "SD-PS; ratio to full reorthogonalisation at 80 steps (the default).", "",
+             "| steps | full | none |", "| ---: | --- | --- |"]
+    for steps in sorted({r["steps"] for r in sw["rows"]}):
+        cells = [next(f"{r['sd']:.1f} ({r['sd'] / ref:.3f}×)" for r in sw["rows"] if r["steps"] == steps and r["reorth"] == m) for m in ("full", "none")]
+        lines.append(f"| {steps} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""])
+
+
 def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = ["# Memory-lean Lanczos: SD against full reorthogonalisation, and peak memory", "",
@@ -128,6 +162,10 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {name} ({r['d']:,}) | {r['lr']}, {r['weight_decay']} | {r['runs']} × {r['steps']} | {mode} | "
                          f"{row['lanczos_bytes'] / 2**20:.1f} MiB | {row['seconds']:.0f} s | " + " | ".join(cells)
                          + f" | {row['ps']['module_sd_max_rel_diff']:.3f} | {row['ps']['module_expansion_max_abs_diff']:.3f} |")
+    if "sd_run" in res:
+        r = res["sd_run"]
+        lines += ["", f"(These SD rows come from an earlier run: `{r['command']}`, {r['seconds']:.0f} s, load average "
+                  f"{r['load']['load_start']} → {r['load']['load_end']}; the memory table below from the command above.)"]
     lines += ["", "Ratios are to the `full` row of the same model. Per-module columns: SD-PS's module SD over blocks holding ≥ 5% of "
               "SD, and the expansion shares (all blocks), against `full`.", "",
               "## Peak resident memory of one Lanczos run (fresh process, diagonal operator)", "",
@@ -136,6 +174,20 @@ def markdown(res: dict[str, Any]) -> str:
     for r in res["memory"]:
         lines.append(f"| {r['d']:,} | {r['steps']} | {r['reorth']} | {r['peak_growth_bytes'] / 2**30:.2f} GiB | "
                      f"{r['predicted_bytes'] / 2**30:.2f} GiB | {r['ratio']:.2f} | {r['seconds']:.1f} s | {r['top']:.4f} |")
+    lines += ["", "## Per-module SD and expansion (SD-PS, full reorthogonalisation, the runs above)", "",
+              "Blocks are parameter tensors; size share n_b/d, SD share SD_b/SD, expansion share E_b (PAPER.md §8). "
+              "Blocks below 1% of d and of the expansion are left out.", "",
+              "| model | parameter | size share | SD share | expansion share | SD share, none − full | expansion share, none − full |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in res["sd"].items():
+        f, n = r["modes"]["full"]["ps"], r["modes"]["none"]["ps"]
+        sizes = r.get("sizes", {})
+        for k in f["module_sd"]:
+            size = sizes.get(k, float("nan")) / r["d"]
+            if size < 0.01 and f["module_expansion"][k] < 0.01:
+                continue
+            lines.append(f"| {name} | {k} | {size:.3f} | {f['module_sd'][k] / f['sd']:.3f} | {f['module_expansion'][k]:.3f} | "
+                         f"{n['module_sd'][k] / n['sd'] - f['module_sd'][k] / f['sd']:+.3f} | {n['module_expansion'][k] - f['module_expansion'][k]:+.3f} |")
     full124 = lanczos_memory_bytes(124_439_808, 20, torch.float32, "full") / 2**30
     lines += ["", f"For comparison, `full` at d = 124,439,808 and 20 steps would need {full124:.1f} GiB "
               f"(predicted); 80 steps: {lanczos_memory_bytes(124_439_808, 80, torch.float32, 'full') / 2**30:.1f} GiB. "
@@ -149,15 +201,42 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     parser.add_argument("--output-dir", default=str(OUT))
     parser.add_argument("--skip-memory", action="store_true", help="skip the large-d memory runs")
+    parser.add_argument("--sweep", action="store_true", help="only the steps sweep on the MLP (lean_lanczos_steps.*)")
+    parser.add_argument("--render", action="store_true", help="only rewrite lean_lanczos.md from lean_lanczos.json")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="redo only the memory runs, keeping the SD rows of an existing lean_lanczos.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
+    if args.render:
+        out = Path(args.output_dir)
+        res_r = json.loads((out / "lean_lanczos.json").read_text())
+        if "sizes" not in next(iter(res_r["sd"].values())):  # runs before sizes were recorded: the layout is deterministic
+            for name, r in res_r["sd"].items():
+                loaded, _, _ = pretrained_builtin(name)
+                fl = FunctionalLoss(loaded.model, loss_fn=loaded.loss_fn)
+                r["sizes"] = dict(zip(fl.layout.names, fl.layout.sizes))
+        write_text_atomic(out / "lean_lanczos.md", markdown(res_r))
+        return
+    if args.sweep:
+        sres: dict[str, Any] = {"command": "python " + " ".join(["benchmarks/lean_lanczos.py", *sys.argv[1:]]),
+                                "load": [round(x, 2) for x in os.getloadavg()],
+                                "sweep": steps_sweep(4 if args.quick else 32, [20, 40] if args.quick else [40, 80, 120, 160])}
+        sres["seconds"] = time.perf_counter() - t0
+        out = Path(args.output_dir)
+        write_json_atomic(out / "lean_lanczos_steps.json", sres)
+        write_text_atomic(out / "lean_lanczos_steps.md", sweep_markdown(sres))
+        return
     res: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                                        "torch": torch.__version__, "load_start": [round(x, 2) for x in os.getloadavg()]},
                            "command": "python " + " ".join(["benchmarks/lean_lanczos.py", *sys.argv[1:]])}
     runs, steps = (4, 20) if args.quick else (32, 80)
-    res["sd"] = {name: sd_rows(name, runs, steps) for name in ("mlp", "tiny-gpt2")}
+    if args.memory_only:
+        old = json.loads((Path(args.output_dir) / "lean_lanczos.json").read_text())
+        res["sd"], res["sd_run"] = old["sd"], {k: old[k] for k in ("command", "seconds")} | {"load": old["machine"]}
+    else:
+        res["sd"] = {name: sd_rows(name, runs, steps) for name in ("mlp", "tiny-gpt2")}
     res["memory"] = []
     if not args.skip_memory:
         sizes = [(1_000_000, 20)] if args.quick else [(16_000_000, 20), (124_439_808, 20)]

@@ -264,9 +264,10 @@ def test_lean_slq_moments_match_the_dense_spectrum(mode):
 def test_memory_prediction_and_the_budget_choose_the_mode():
     d, steps = 124_439_808, 20  # GPT-2-small, the λ_max check
     assert lanczos_memory_bytes(d, steps, torch.float32, "full") == (steps + 4) * d * 4
-    assert lanczos_memory_bytes(d, steps, torch.float32, "half") == steps * d * 2 + 4 * d * 4
+    assert lanczos_memory_bytes(d, steps, torch.float32, "half") == steps * d * 2 + 4 * d * 4 + d * 4  # + one row cast back
     assert lanczos_memory_bytes(d, steps, torch.float32, "none") == 4 * d * 4
-    assert lanczos_memory_bytes(d, steps, torch.float64, "half") == steps * d * 4 + 4 * d * 8
+    assert lanczos_memory_bytes(d, steps, torch.float64, "half") == steps * d * 4 + 4 * d * 8 + d * 8
+    assert lanczos_memory_bytes(1000, 10, torch.float32, "half") == 10 * 1000 * 2 + 4 * 1000 * 4 + 10 * 1000 * 4
     assert lanczos_memory_bytes(10, 50, torch.float32, "full") == (10 + 4) * 10 * 4  # steps clipped to d
     gb = 2**30
     assert choose_reorth(d, steps, torch.float32, memory_budget=8 * gb) == "half"

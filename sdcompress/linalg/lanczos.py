@@ -14,8 +14,13 @@ Three ways to keep the Krylov vectors orthogonal (``reorth``):
   orthogonality as Ritz values converge and copies ("ghosts") of converged extreme
   eigenvalues appear, but Gauss quadrature stays accurate: the ghosts split their
   node's weight rather than add to it (Greenbaum 1989; Knizhnerman 1996), so SLQ
-  moments and densities are nearly unchanged. results/bench/lean_lanczos.md measures
-  what it does to SD (tiny-gpt2, digits MLP).
+  moments and densities are nearly unchanged. What it does to SD is a coarser
+  quadrature near the Kaplan–Yorke crossing, as if with fewer steps: measured
+  (results/bench/lean_lanczos.md, 32 runs × 80 steps, same batches and probes) SD-PS
+  +3.2% on the trained digits MLP and +2.8% on tiny-gpt2 against ``"full"``, per-module
+  SD shares within 0.007 and expansion shares within 0.05; on the MLP ``"none"`` at 160
+  steps matches ``"full"`` at 80 (results/bench/lean_lanczos_steps.md). ``"half"``
+  matched ``"full"`` to 1e-4 on both.
 
 Selective or partial reorthogonalisation (Parlett–Scott, Simon) need the basis to form
 the converged Ritz vectors, so they do not give O(d) memory and are not offered.
@@ -73,9 +78,9 @@ def lanczos_memory_bytes(d: int, steps: int, dtype: torch.dtype = torch.float32,
     """Predicted memory of one Lanczos run, in bytes (excluding the operator's own).
 
     ``"full"``: steps · d · itemsize (the basis) + 4 · d · itemsize (work vectors);
-    ``"half"``: steps · d · itemsize(low-precision dtype) + the work vectors;
-    ``"none"``: the work vectors only (``"half"`` also casts its basis back in chunks of
-    up to 64 MiB, or one vector if larger). ``keep_basis`` adds a full-precision basis for
+    ``"half"``: steps · d · itemsize(low-precision dtype) + the work vectors + one chunk
+    of rows cast back to full precision (≤ 64 MiB, at least one row);
+    ``"none"``: the work vectors only. ``keep_basis`` adds a full-precision basis for
     the ``"half"``/``"none"`` modes (Ritz vectors need it). The O(steps²) tridiagonal
     and the per-block dot products (steps × blocks, float64) are negligible and left out.
 
@@ -103,6 +108,8 @@ def lanczos_memory_bytes(d: int, steps: int, dtype: torch.dtype = torch.float32,
     basis = steps * d * item if keep_basis else 0
     if reorth == "half":
         basis += steps * d * _itemsize(low_precision_dtype(dtype))
+        if low_precision_dtype(dtype) != dtype:  # rows cast back in chunks of ≤ 64 MiB (at least one row)
+            basis += min(steps * d * item, max(d * item, _CAST_CHUNK_BYTES))
     return work + basis
 
 
@@ -335,7 +342,7 @@ def lanczos(
         if j + 1 == steps or b <= tol * max(scale, 1e-30):
             break
         betas.append(b)
-        q_prev, q = q, z / b
+        q_prev, q = q, z.div_(b)  # in place: no fifth vector
         del z
     m = len(alphas)
     if keep_basis and kept is None and basis is not None:
