@@ -31,9 +31,10 @@ MODULES = [
 D = 7000  # 6912 target weights + 88 other parameters
 
 
-def estimate(sd: float, *, subspace: torch.Tensor | None = None, method="slq") -> SDEstimate:
+def estimate(sd: float, *, subspace: torch.Tensor | None = None, method="slq", converged: bool | None = True) -> SDEstimate:
+    """A synthetic estimate; a given subspace counts as converged unless ``converged`` says otherwise."""
     return SDEstimate(method=method, sd=sd, j_star=int(sd), exponents=np.array([0.1, -0.2]), d=D, n_hvp=0,
-                      wall_time_s=0.0, lr=0.1, subspace=subspace)
+                      wall_time_s=0.0, lr=0.1, subspace=subspace, converged=converged if subspace is not None else None)
 
 
 def concentrated_subspace(m: int = 8, seed: int = 0) -> torch.Tensor:
@@ -176,15 +177,17 @@ def test_bad_inputs_one_clear_message():
     est = estimate(1000.0)
     with pytest.raises(PlanError, match=r"target rank 50 is larger than the 24×72 weight of module .blk.0.attn. allows \(at most 24\)"):
         make_plan(est, MODULES, PlanConfig(target_rank=50))  # noqa
-    with pytest.raises(ConfigError, match="bits 3 is not supported"):
-        PlanConfig(bits=3).validate()
+    with pytest.raises(ConfigError, match="plan.bits must be 8, 4, 'auto' or 'off', got 3"):
+        PlanConfig(bits=3)
     for bad in (0, -0.1):
-        with pytest.raises(ConfigError, match="tolerance must be a positive"):
-            PlanConfig(tolerance=bad).validate()
+        with pytest.raises(ConfigError, match="plan.tolerance must be a positive number"):
+            PlanConfig(tolerance=bad)
     with pytest.raises(ConfigError, match="not both"):
-        PlanConfig(prune=0.5).validate()
-    with pytest.raises(ConfigError, match="strategy 'svd' is unknown"):
-        PlanConfig(strategy="svd").validate()
+        PlanConfig(prune=0.5)
+    with pytest.raises(ConfigError, match=r"plan.strategy must be one of \['sd'.*got 'svd'"):
+        PlanConfig(strategy="svd")
+    with pytest.raises(ConfigError, match=r"plan.targets .*got 're:\('"):
+        PlanConfig(targets=["re:("])
     with pytest.raises(PlanError, match="Fisher|fisher"):
         make_plan(est, MODULES, PlanConfig(strategy="fisher", budget={"params_fraction": 0.5}), stats={})
 
@@ -242,7 +245,7 @@ def test_conv1d_rows_are_output_features():
     stored[:, 5] = 1.0  # every input feature of output 5
     Q[attn.offset : attn.offset + 192, 0] = stored.reshape(-1) / stored.norm()
     est = SDEstimate(method="lyapunov", sd=1.0, j_star=1, exponents=np.array([0.1]), d=d, n_hvp=0, wall_time_s=0.0,
-                     lr=0.1, subspace=Q)
+                     lr=0.1, subspace=Q, converged=True)
     al = allot(est, list(infos.values()))["transformer.h.0.attn.c_attn"]
     assert al.energy == pytest.approx(1.0)
     assert al.row_energy[5] == pytest.approx(1.0) and sum(al.row_energy) == pytest.approx(1.0)

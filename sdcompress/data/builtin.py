@@ -1,8 +1,8 @@
-"""Built-in offline datasets: ``pydoc``, ``digits`` and ``modular``.
+"""Built-in offline datasets: ``pydoc``, ``digits``, ``modular`` and ``stdlib``.
 
 None of them touches the network: ``pydoc`` is the English documentation text shipped
 with every CPython (``pydoc_data.topics``), ``digits`` ships with scikit-learn, and
-``modular`` is generated.
+``modular`` is generated and ``stdlib`` is the running Python's own standard-library source.
 """
 
 from __future__ import annotations
@@ -141,4 +141,58 @@ def modular(p: int = 97, train_fraction: float = 0.4, seed: int = 0) -> DatasetB
     )
 
 
-BUILTIN_DATASETS = {"pydoc": pydoc, "digits": digits, "modular": modular}
+def stdlib(block_size: int = 64, test_fraction: float = 0.15, max_bytes: int = 2_000_000) -> DatasetBundle:
+    """The running Python's own standard-library source as byte-level language-modelling blocks.
+
+    A larger offline text than ``pydoc`` (about 4.7 MB of top-level ``Lib/*.py`` on CPython
+    3.11), for models on which compression costs something. Files are the top-level
+    ``*.py`` of ``sysconfig.get_paths()["stdlib"]`` in sorted order, taken until
+    ``max_bytes`` bytes; train and test are split by a stable hash of the file name (so no
+    block of a test file is ever trained on). The text depends on the Python version, so
+    ``info`` records it.
+
+    Args:
+        block_size: tokens per block (the model's context length).
+        test_fraction: expected fraction of files held out.
+        max_bytes: at most this many bytes of source are read (whole files).
+
+    Raises:
+        ConfigError: a fraction outside (0, 1) or a non-positive ``max_bytes``.
+    """
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    _check_fraction("test_fraction", test_fraction)
+    if max_bytes < 1:
+        raise ConfigError(f"max_bytes must be positive, got {max_bytes}")
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts: dict[str, str] = {}
+    used = 0
+    for f in sorted(root.glob("*.py")):
+        text = f.read_text(encoding="utf-8", errors="replace")
+        size = len(text.encode("utf-8"))
+        if used + size > max_bytes:
+            continue
+        texts[f.name] = text
+        used += size
+    test_names = [n for n in texts if _is_test_topic(n, test_fraction)]
+    train_names = [n for n in texts if not _is_test_topic(n, test_fraction)]
+    return DatasetBundle(
+        name="stdlib",
+        train=ArrayDataset({"input_ids": byte_blocks([texts[n] for n in train_names], block_size)}, task="lm"),
+        test=ArrayDataset({"input_ids": byte_blocks([texts[n] for n in test_names], block_size)}, task="lm"),
+        info={
+            "vocab_size": PYDOC_VOCAB_SIZE,
+            "block_size": block_size,
+            "eos_id": EOS_ID,
+            "train_files": len(train_names),
+            "test_files": len(test_names),
+            "bytes": used,
+            "python": sys.version.split()[0],
+            "split": f"by sha256(file name) < {test_fraction}",
+        },
+    )
+
+
+BUILTIN_DATASETS = {"pydoc": pydoc, "digits": digits, "modular": modular, "stdlib": stdlib}

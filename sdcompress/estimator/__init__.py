@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from sdcompress.estimator.config import EstimateConfig
-from sdcompress.estimator.estimate import BatchSource, estimate_sd
+from sdcompress.estimator.batches import BatchSource
+from sdcompress.estimator.estimate import estimate_sd
 from sdcompress.estimator.kaplan_yorke import critical_index, sharpness_dimension
 from sdcompress.estimator.result import ESTIMATES_FILE, SDEstimate
 
@@ -28,8 +29,12 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # lazy: the Lyapunov module is imported only when asked for
-    if name in ("lyapunov_spectrum", "lyapunov_sd", "LyapunovResult"):
+    if name in ("lyapunov_spectrum", "LyapunovResult"):
         from sdcompress.estimator import lyapunov
 
         return getattr(lyapunov, name)
+    if name == "lyapunov_sd":
+        from sdcompress.estimator import lyapunov_sgd
+
+        return lyapunov_sgd.lyapunov_sd
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

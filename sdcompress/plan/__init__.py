@@ -12,21 +12,35 @@ import sys
 import types
 from typing import Any
 
-from sdcompress.plan.baselines import energy_rank, fisher_row_weights, plan_baseline
-from sdcompress.plan.config import BASELINES, BUDGET_KEYS, STRATEGIES, SUPPORTED_BITS, PlanConfig
-from sdcompress.plan.planner import allot, importance_weights, make_plan, module_floors, plan_sd, rank_floor, water_fill
+from sdcompress.plan.baselines import energy_rank, fisher_row_weights, hawq_cost, plan_baseline
+from sdcompress.plan.config import BASELINES, BUDGET_KEYS, CURVATURE_STRATEGIES, STRATEGIES, SUPPORTED_BITS, PlanConfig
+from sdcompress.plan.curvature import ModuleCurvature, curvature_from_dict, module_curvature, rank_grid
+from sdcompress.plan.planner import (
+    allot,
+    curvature_options,
+    importance_weights,
+    make_plan,
+    measured_shares,
+    module_floors,
+    plan_sd,
+    rank_floor,
+    water_fill,
+)
 from sdcompress.plan.schema import ALLOWED_BITS, KNOWN_STRATEGIES, PLAN_VERSION, ModulePlan, Plan, kept_count, quantized_bytes
-from sdcompress.plan.sizing import fit_budget, size_fraction
+from sdcompress.plan.sizing import RankOption, fit_budget, greedy_path, path_prefix, rank_options, size_fraction
 from sdcompress.plan.targets import (
     ModuleInfo,
     ModuleStats,
     candidate_modules,
+    check_rank,
+    check_target_rank,
     default_targets,
     describe_modules,
     module_statistics,
     resolve_targets,
     stats_to_dict,
 )
+from sdcompress.plan.inputs import PlanningInputs, needs_curvature, planning_inputs
 
 plan = make_plan
 
@@ -34,9 +48,22 @@ __all__ = [
     "ALLOWED_BITS",
     "BASELINES",
     "BUDGET_KEYS",
+    "CURVATURE_STRATEGIES",
+    "ModuleCurvature",
+    "RankOption",
+    "curvature_from_dict",
+    "curvature_options",
+    "greedy_path",
+    "hawq_cost",
+    "measured_shares",
+    "module_curvature",
+    "path_prefix",
+    "rank_grid",
+    "rank_options",
     "KNOWN_STRATEGIES",
     "ModuleInfo",
     "ModulePlan",
+    "PlanningInputs",
     "ModuleStats",
     "PLAN_VERSION",
     "Plan",
@@ -45,6 +72,8 @@ __all__ = [
     "SUPPORTED_BITS",
     "allot",
     "candidate_modules",
+    "check_rank",
+    "check_target_rank",
     "default_targets",
     "describe_modules",
     "energy_rank",
@@ -55,9 +84,11 @@ __all__ = [
     "make_plan",
     "module_floors",
     "module_statistics",
+    "needs_curvature",
     "plan",
     "plan_baseline",
     "plan_sd",
+    "planning_inputs",
     "quantized_bytes",
     "rank_floor",
     "resolve_targets",

@@ -2,6 +2,15 @@
 
 - ``uniform-rank``: every module keeps the same fraction ρ of its full rank,
   ``k = max(1, round(ρ · min(out, in)))``.
+- ``size``: size-proportional: every module keeps the same fraction f of its stored
+  values, ``k = max(1, ⌊f · out·in / (out + in)⌋)``.
+- ``trace``: Hessian-trace-proportional (the split the issue calls "as in HAWQ"): the
+  stored values are water-filled in proportion to each module's Hessian trace
+  tr(H_mm) (capped at the module's size), ``k = max(1, ⌊alloc_m / (out + in)⌋)``.
+- ``hawq``: HAWQ-v2's criterion (Dong et al., NeurIPS 2020) for ranks: the greedy split
+  of :func:`sdcompress.plan.sizing.greedy_path` minimising Σ_m (tr(H_mm)/n_m) ·
+  ‖W_m − W_m,k‖²_F, i.e. average curvature times the squared truncation error.
+  ``trace`` and ``hawq`` need :func:`sdcompress.plan.curvature.module_curvature`.
 - ``energy``: per module the smallest k keeping a fraction τ of the squared singular
   values, ``Σ_{j≤k} σ_j² ≥ τ Σ_j σ_j²`` (one τ for all modules).
 - ``fisher``: Fisher-weighted SVD (Hsu et al., ICLR 2022): the ranks of
@@ -23,8 +32,9 @@ from collections.abc import Mapping, Sequence
 from sdcompress.errors import ConfigError, PlanError
 from sdcompress.estimator.result import SDEstimate
 from sdcompress.plan.config import BASELINES, PlanConfig
+from sdcompress.plan.curvature import ModuleCurvature
 from sdcompress.plan.schema import ModulePlan, Plan
-from sdcompress.plan.sizing import fit_budget, size_fraction
+from sdcompress.plan.sizing import fit_budget, greedy_path, path_prefix, rank_options, size_fraction
 from sdcompress.plan.targets import ModuleInfo, ModuleStats
 
 
@@ -42,6 +52,27 @@ def _need_stats(modules: Sequence[ModuleInfo], stats: Mapping[str, ModuleStats],
             f"baseline {strategy!r} needs {what} statistics of every module; missing for {missing[:4]}: compute them with "
             "sdcompress.plan.module_statistics(model, modules, batches)"
         )
+
+
+def _need_curvature(modules: Sequence[ModuleInfo], curvature: Mapping[str, ModuleCurvature] | None, strategy: str) -> None:
+    missing = [m.name for m in modules if not curvature or m.name not in curvature]
+    if missing:
+        raise PlanError(
+            f"baseline {strategy!r} needs the per-module Hessian trace of every module; missing for {missing[:4]}: compute it "
+            "with sdcompress.plan.module_curvature(model, modules, batches) (curvature_batches ≥ 1 in the pipeline)"
+        )
+
+
+def hawq_cost(curv: ModuleCurvature, stats: ModuleStats | None, k: int) -> float:
+    """HAWQ-v2's sensitivity of rank k: ``max(tr(H_mm), 0) / n_m · Σ_{j>k} σ_j²`` (exact
+    singular values from ``stats`` when given, else the curvature's measured ‖δ_k‖²)."""
+    if stats is not None:
+        tail = sum(s * s for s in stats.singular_values[k:])
+    else:
+        from sdcompress.plan.curvature import _interp
+
+        tail = max(_interp(curv.ranks, curv.sq_norms, k), 0.0)
+    return max(curv.trace, 0.0) / curv.numel * tail
 
 
 def energy_rank(singular_values: Sequence[float], tau: float) -> int:
@@ -65,8 +96,56 @@ def fisher_row_weights(fisher_rows: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(f"{max(f / mean, 1e-6):.6g}") for f in fisher_rows)
 
 
-def _make(strategy: str, modules: Sequence[ModuleInfo], stats: Mapping[str, ModuleStats], bits: int | None, group: int):
+def _make(strategy: str, modules: Sequence[ModuleInfo], stats: Mapping[str, ModuleStats], bits: int | None, group: int,
+          curvature: Mapping[str, ModuleCurvature] | None = None):
     """knob → module plans for one baseline."""
+    if strategy == "size":
+
+        def make(f: float) -> list[ModulePlan]:
+            out = []
+            for m in modules:
+                k = max(1, min(min(m.out_features, m.in_features), int(f * m.numel / (m.out_features + m.in_features))))
+                out.append(_lowrank_or_dense(m, k, bits, group, f"size-proportional: keeps {f:.3f} of its values → rank {k}"))
+            return out
+
+        return make, 0.0, 1.0
+    if strategy == "trace":
+        from sdcompress.plan.planner import water_fill
+
+        traces = [max(curvature[m.name].trace, 0.0) for m in modules]
+        shares = traces if sum(traces) > 0 else [float(m.numel) for m in modules]
+        total_size = sum(m.numel for m in modules)
+
+        def make(f: float) -> list[ModulePlan]:
+            alloc = water_fill([m.numel for m in modules], shares, f * total_size)
+            out = []
+            for m, a, t in zip(modules, alloc, traces):
+                k = max(1, min(min(m.out_features, m.in_features), int(a / (m.out_features + m.in_features))))
+                out.append(_lowrank_or_dense(m, k, bits, group,
+                                             f"trace-proportional: tr(H_mm) = {t:.4g} → {a:.0f} stored values → rank {k}"))
+            return out
+
+        return make, 0.0, 1.0
+    if strategy == "hawq":
+        options = {m.name: rank_options(m.out_features, m.in_features,
+                                        lambda k, m=m: hawq_cost(curvature[m.name], stats.get(m.name), k)) for m in modules}
+        path = greedy_path(options)
+        total_size = sum(m.numel for m in modules)
+
+        def make(f: float) -> list[ModulePlan]:
+            cur = path_prefix(options, path, f * total_size, key="stored")
+            out = []
+            for m in modules:
+                opt = options[m.name][cur[m.name]]
+                why = f"HAWQ-v2 greedy: tr(H_mm)/n = {curvature[m.name].trace / m.numel:.3g}, Ω = {opt.cost:.3g}"
+                if opt.rank is None:
+                    out.append(ModulePlan(m.name, m.out_features, m.in_features, bits=bits, group_size=group, reason=f"{why}: dense"))
+                else:
+                    out.append(ModulePlan(m.name, m.out_features, m.in_features, rank=opt.rank, bits=bits, group_size=group,
+                                          reason=f"{why}: rank {opt.rank}"))
+            return out
+
+        return make, 0.0, 1.0
     if strategy in ("uniform-rank", "fisher"):
         rows = {m.name: fisher_row_weights(stats[m.name].fisher_rows) for m in modules} if strategy == "fisher" else {}
 
@@ -113,13 +192,16 @@ def plan_baseline(
     *,
     budget: Mapping[str, float],
     estimate: SDEstimate | None = None,
+    curvature: Mapping[str, ModuleCurvature] | None = None,
 ) -> Plan:
     """A baseline plan sized to ``budget``.
 
     Args:
-        strategy: one of ``uniform-rank``, ``energy``, ``fisher``, ``magnitude``, ``uniform-bits``.
+        strategy: one of ``uniform-rank``, ``size``, ``trace``, ``hawq``, ``energy``,
+            ``fisher``, ``magnitude``, ``uniform-bits``.
         modules: target modules.
         stats: per-module statistics (singular values for ``energy``; Fisher rows for ``fisher``).
+        curvature: per-module curvature (``trace`` and ``hawq``; :func:`sdcompress.plan.curvature.module_curvature`).
         config: ``bits`` (8/4) quantizes the kept values too; ``group_size``.
         budget: ``{"params_fraction": f}`` or ``{"bytes_fraction": f}``.
         estimate: recorded in the plan (``sd``, ``d``) when given.
@@ -156,7 +238,9 @@ def plan_baseline(
             _need_stats(modules, stats, "singular-value", strategy)
         if strategy == "fisher":
             _need_stats(modules, stats, "fisher", strategy)
-        make, lo, hi = _make(strategy, modules, stats, bits, group)
+        if strategy in ("trace", "hawq"):
+            _need_curvature(modules, curvature, strategy)
+        make, lo, hi = _make(strategy, modules, stats, bits, group, curvature)
         knob, plans, met = fit_budget(make, lo, hi, key, target)
     if not met:
         notes.append(f"budget {key} = {target:g} is not met: the smallest {strategy} plan has {size_fraction(plans, key):.3f}")
@@ -173,4 +257,4 @@ def plan_baseline(
     return plan
 
 
-__all__ = ["energy_rank", "fisher_row_weights", "plan_baseline"]
+__all__ = ["energy_rank", "fisher_row_weights", "hawq_cost", "plan_baseline"]

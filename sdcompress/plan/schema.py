@@ -53,8 +53,8 @@ PLAN_VERSION = 1
 ALLOWED_BITS = (8, 4)
 #: Strategies the toolkit's planners write. ``Plan.validate`` accepts any non-empty
 #: name so that a new planner needs no schema change; these are the documented ones.
-KNOWN_STRATEGIES = ("sd", "uniform-rank", "energy", "fisher", "magnitude", "uniform-bits", "manual")
-Strategy = Literal["sd", "uniform-rank", "energy", "fisher", "magnitude", "uniform-bits", "manual"]
+KNOWN_STRATEGIES = ("sd", "uniform-rank", "size", "trace", "hawq", "energy", "fisher", "magnitude", "uniform-bits", "manual")
+Strategy = Literal["sd", "uniform-rank", "size", "trace", "hawq", "energy", "fisher", "magnitude", "uniform-bits", "manual"]
 
 
 def kept_count(numel: int, keep_fraction: float) -> int:
@@ -98,6 +98,14 @@ class ModulePlan:
         row_weights: importance of the output rows (length ``out_features``, > 0).
         col_weights: importance of the input columns (length ``in_features``, > 0).
         reason: why this choice, in words.
+        sd_share: the module's share of the model's SD, ``SD_m / SD`` (PAPER.md §8; from
+            ``SDEstimate.module_sd`` when measured, else the allotment); ``None``: not an SD plan.
+        expansion_share: the module's share of the expansion ``E_m`` (``SDEstimate.module_expansion``);
+            ``None``: not measured.
+        dof: degrees of freedom the plan gives the module (``k(out + in − k)`` for rank k,
+            kept weights for a mask, ``out·in`` dense); ``None``: not recorded.
+        predicted_cost: the planner's second-order prediction of the loss this module's
+            compression adds, ``½ δᵀ H_mm δ`` (nats); ``None``: not measured.
     """
 
     name: str
@@ -110,6 +118,10 @@ class ModulePlan:
     row_weights: tuple[float, ...] | None = None
     col_weights: tuple[float, ...] | None = None
     reason: str = ""
+    sd_share: float | None = None
+    expansion_share: float | None = None
+    dof: float | None = None
+    predicted_cost: float | None = None
 
     @property
     def kind(self) -> str:
@@ -163,6 +175,14 @@ class ModulePlan:
                 raise PlanError(f"{where}: {attr} must be finite and > 0, got e.g. {bad[0]!r}")
         if not isinstance(self.reason, str):
             raise PlanError(f"{where}: reason must be a string, got {self.reason!r}")
+        for attr in ("sd_share", "expansion_share", "dof", "predicted_cost"):
+            v = getattr(self, attr)
+            if v is not None and (not _is_num(v) or not math.isfinite(v)):
+                raise PlanError(f"{where}: {attr} must be a finite number or null, got {v!r}")
+        for attr in ("sd_share", "expansion_share", "dof"):
+            v = getattr(self, attr)
+            if v is not None and v < 0:
+                raise PlanError(f"{where}: {attr} must be ≥ 0, got {v!r}")
 
     def params_before(self) -> int:
         """Dense weight values, ``out·in``."""
