@@ -107,7 +107,7 @@ class HessianOperator(SymmetricOperator):
         method = resolve_method(self.method, len(V), self.device)
         if method == "double-backward":
             if self._graph is None:
-                self._graph = GradientGraph(self.loss, batch, self.w)
+                self._graph = GradientGraph(self.loss, batch, self.w, chunk_size=self.chunk_size)
             return self._graph.matmat(V)
         return batched_hvp(self.loss, batch, V, self.w, chunk_size=self.chunk_size, method=method)
 
