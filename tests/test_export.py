@@ -86,7 +86,7 @@ def test_the_run_card_is_in_model(run_dir):
     assert meta["sdcompress"]["test_loss_after"] == json.loads((run_dir / "report.json").read_text())["test_loss_after"]
 
 
-@pytest.mark.parametrize("case", ["missing", "not-compressed", "exists", "inside", "unknown-format"])
+@pytest.mark.parametrize("case", ["missing", "not-compressed", "exists", "inside", "file", "unknown-format"])
 def test_cli_refusals_are_one_line_exit_2(run_dir, tmp_path, capsys, case):
     out = tmp_path / "out"
     args = ["export", str(run_dir), "--output-dir", str(out)]
@@ -102,6 +102,9 @@ def test_cli_refusals_are_one_line_exit_2(run_dir, tmp_path, capsys, case):
         out.mkdir()
         (out / "keep.txt").write_text("mine")
         message = "--overwrite"
+    elif case == "file":
+        out.write_text("a file")
+        message = "regular file"
     elif case == "inside":
         args[3] = str(run_dir / "model" / "sub")
         message = "overlaps"
@@ -115,6 +118,8 @@ def test_cli_refusals_are_one_line_exit_2(run_dir, tmp_path, capsys, case):
     assert err.startswith("sdcompress: error:") and message in err and "\n" not in err
     if case == "exists":
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    elif case == "file":
+        assert out.read_text() == "a file"
     else:
         assert not out.exists()
     assert not (run_dir / "model" / "sub").exists() and _leftovers(tmp_path) == []
@@ -135,6 +140,20 @@ def test_overwrite_and_nothing_half_written(run_dir, tmp_path, monkeypatch):
     monkeypatch.undo()
     export_model(run_dir, out, "remote", overwrite=True)
     assert (out / MODELING_FILE).is_file() and _leftovers(tmp_path) == []
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {oct(0o666 & ~_umask())}  # one mode, not 0600
+    # a failed export into new parent folders leaves none of them behind
+    monkeypatch.setattr(export_mod, "densify_", broken)
+    with pytest.raises(RuntimeError):
+        export_model(run_dir, tmp_path / "new" / "deeper" / "out", "dense")
+    assert not (tmp_path / "new").exists()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_own_models_export_dense_and_refuse_remote(tmp_path, capsys):

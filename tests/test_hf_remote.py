@@ -122,6 +122,19 @@ CHILD = textwrap.dedent(
             "dense_module": type(dense).__module__,
             "dense_max_diff": float((dense_logits - refs[kind + ".logits"]).abs().max()),
         }
+    # the mixed model again: the caller's RNG untouched, float64 on request, save_pretrained → reload
+    torch.manual_seed(7)
+    model = AutoModelForCausalLM.from_pretrained(f"{root}/mixed", trust_remote_code=True, dtype=torch.float64)
+    after_load = torch.rand(3)
+    torch.manual_seed(7)
+    out["rng_untouched"] = bool(torch.equal(after_load, torch.rand(3)))
+    with torch.no_grad():
+        out["float64_max_diff"] = float((model(x).logits.float() - refs["mixed.logits"]).abs().max())
+        out["float64_int_dtypes"] = sorted({str(v.dtype) for v in model.state_dict().values() if not v.is_floating_point()})
+        model = AutoModelForCausalLM.from_pretrained(f"{root}/mixed", trust_remote_code=True)
+        model.save_pretrained(sys.argv[3])
+        again = AutoModelForCausalLM.from_pretrained(sys.argv[3], trust_remote_code=True)
+        out["resaved_equal"] = bool(torch.equal(again(x).logits, model(x).logits))
     out["still_blocked"] = "sdcompress" not in sys.modules
     print(json.dumps(out))
     """
@@ -132,7 +145,8 @@ def test_transformers_alone_loads_every_kind(folders, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1",
                TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-I", "-c", CHILD, str(folders), ",".join(KINDS)], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-I", "-c", CHILD, str(folders), ",".join(KINDS), str(tmp_path / "resaved")],
+                          cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -148,6 +162,9 @@ def test_transformers_alone_loads_every_kind(folders, tmp_path):
         assert got["dense_max_diff"] <= 1e-5, (kind, got["dense_max_diff"])
     assert set(out["mixed"]["layer_kinds"]) == {"LowRankLinear", "MaskedLinear", "QuantizedLinear"}
     assert "torch.int8" in out["int8"]["int_dtypes"] and "torch.uint8" in out["int4"]["int_dtypes"]  # packed in memory
+    assert out["rng_untouched"] and out["float64_max_diff"] <= 1e-5 and out["resaved_equal"]
+    assert out["float64_int_dtypes"] == out["mixed"]["int_dtypes"]  # a float dtype leaves the packed integers alone
+    assert (tmp_path / "resaved" / MODELING_FILE).read_bytes() == TEMPLATE.read_bytes()
 
 
 def test_folder_holds_the_template_and_auto_map(folders):
@@ -257,3 +274,22 @@ def test_template_refuses_what_it_cannot_read():
         remote._block(Cfg())
     with pytest.raises(ValueError, match="not written by sdcompress"):
         remote._block(object())
+
+
+def test_from_config_builds_the_stored_layers_empty(folders):
+    from transformers import AutoConfig, GPT2Config, GPT2Model
+
+    config = AutoConfig.from_pretrained(str(folders / "mixed"))
+    model = remote.SdcompressForCausalLM._from_config(config, dtype="float64")
+    assert type(model).__name__ == "SdcompressGPT2LMHeadModel"
+    layer = model.transformer.h[0].mlp.c_fc
+    assert isinstance(layer, remote.QuantizedLinear) and layer.rank == 3 and layer.bits == 4
+    assert layer.qU.scales.dtype == torch.float64 and layer.qU.data.dtype == torch.uint8
+    with pytest.raises(ValueError, match="not a module of GPT2LMHeadModel"):
+        config.sdcompress = {**config.sdcompress, "layers": {"transformer.h.9.mlp": {"kind": "masked"}}}
+        remote.SdcompressForCausalLM._from_config(config)
+
+    from sdcompress.compress.hf_remote import is_causal_lm
+
+    assert is_causal_lm(tiny_gpt2()) and not is_causal_lm(GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2)))
+    assert not is_causal_lm(MLP(widths=(4, 2)))

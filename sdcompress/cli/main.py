@@ -192,8 +192,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.verbose or exc.errno not in _USER_OS_ERRORS:
             raise
         where = f" {exc.filename!r}" if exc.filename else ""
-        print(f"sdcompress: error: {exc.strerror}:{where}; check its permissions and free space, or choose another "
-              "--output-dir", file=sys.stderr)
+        print(f"sdcompress: error: {exc.strerror}:{where}; check the path, its permissions and the free space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sdcompress: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)

@@ -62,6 +62,7 @@ def bits_arg(text: str) -> int | str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the main job."""
     from sdcompress.models import BUILTIN_MODELS
+    from sdcompress.estimator.config import METHODS
     from sdcompress.plan import STRATEGIES
 
     parser.add_argument("model", metavar="MODEL",
@@ -91,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "checkpoint of other models, whose --lr should be near 2/λ_max)")
     d.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the data config's)")
     e = parser.add_argument_group("estimate and evaluation")
-    e.add_argument("--method", default=None, choices=["exact", "slq", "kde", "ps", "lyapunov"],
+    e.add_argument("--method", default=None, choices=METHODS,
                    help="SD estimator (default: the estimate config's, ps). The main job uses "
                    + ", ".join(f"{k}={v}" for k, v in MAIN_JOB_ESTIMATE.items())
                    + " (lighter than the config defaults; raise them with --set estimate.KEY=VALUE)")

@@ -37,7 +37,14 @@ from sdcompress.compress.base import CompressedLinear
 from sdcompress.compress.hf_remote import MODELING_FILE, is_causal_lm, strip_remote_config, write_remote_code
 from sdcompress.compress.io import _replace_dir, load_compressed
 from sdcompress.errors import CompressionError, ConfigError
-from sdcompress.io import check_output_dir, write_json_atomic, write_text_atomic
+from sdcompress.io import (
+    check_output_dir,
+    make_dirs,
+    remove_created,
+    set_default_modes,
+    write_json_atomic,
+    write_text_atomic,
+)
 from sdcompress.models.builtin import MODEL_CONFIG_FILE
 from sdcompress.models.loader import COMPRESSION_FILE
 
@@ -149,6 +156,7 @@ def export_model(
             that is not a transformers causal LM.
         ConfigError: an unknown format, or ``output`` overlapping ``source``.
         OutputExistsError: ``output`` is not empty and ``overwrite`` is false.
+        OutputError: ``output`` is a regular file or cannot be written.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is unknown; use one of {sorted(FORMATS)}")
@@ -161,10 +169,9 @@ def export_model(
     if fmt == "remote" and not is_causal_lm(model):
         raise CompressionError(f"{model_dir} holds a {type(model).__name__}, not a transformers causal LM: the remote "
                                "format is for AutoModelForCausalLM; use --format dense (or load it with sdcompress)")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    created = make_dirs(output.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
-        tmp.chmod(0o755)
         diff = None
         if fmt == "remote":
             for item in model_dir.iterdir():
@@ -185,9 +192,11 @@ def export_model(
             diff = _probe_diff(model.eval(), dense.eval(), lm)
         if card is not None:
             write_text_atomic(tmp / CARD_FILE, card)
+        set_default_modes(tmp)  # mkdtemp and safetensors write 0700/0600: one mode for everything written
         _replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_created(created)
         raise
     logger.info("exported %s (%d compressed layers) as %s to %s%s", model_dir, n, fmt, output,
                 "" if diff is None else f"; max |output difference| on a probe input {diff:.2e}")

@@ -114,8 +114,9 @@ class RunConfig(Validated):
             need_int("", "seed", self.seed, 0, "or null to keep each section's own seed")
         if self.device not in DEVICES:
             raise FieldError("", "device", f"one of {list(DEVICES)}", self.device)
-        if not isinstance(self.dry_run, bool):
-            raise FieldError("", "dry_run", "true or false", self.dry_run)
+        for name in ("dry_run", "allow_untrained"):
+            if not isinstance(getattr(self, name), bool):
+                raise FieldError("", name, "true or false", getattr(self, name))
         return self
 
     def check_model(self, model: Any) -> None:

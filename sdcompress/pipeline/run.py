@@ -22,6 +22,19 @@ unfinished folder whose config.json differs is refused too (it names the fields)
 or ranks, an unloadable model or dataset, and a diverging EoS training of a built-in are
 refused before the folder is created.
 
+One run per folder: the run holds an exclusive lock on its folder
+(:class:`sdcompress.io.FolderLock`, ``.sdcompress.lock``) from before it looks at the
+folder until it returns, so a second run on the same folder, ``--overwrite`` or not, is
+refused at once with one line naming the holder (pid, start time) and never mixes its
+files with the first's. A lock left by a killed run is not held (the kernel drops it) and
+is taken over, and that run's temporary names (``.NAME.*.tmp``) are removed. The output
+location is checked first (a regular file or an unwritable place is refused before
+anything runs); a fresh run that fails before its first artifact leaves no folder.
+
+A network that did not train (0 steps) or ended at chance level
+(:mod:`sdcompress.train.quality`) is refused with :class:`UntrainedError` before its
+folder gets any artifact, unless ``allow_untrained`` (then the report's verdict says so).
+
 Built-in models (``tiny-gpt2``, ``mlp``, ``modular-mlp``) are trained to the edge of
 stability by :func:`sdcompress.train.cache.pretrained_builtin` (cached between runs);
 other models get a short constant-η SGD phase from their checkpoint (``train.steps``).
@@ -69,7 +82,10 @@ def run_pipeline(config: RunConfig) -> RunReport:
 
     Raises:
         ConfigError: invalid settings.
+        OutputError: the output location is a regular file or cannot be written.
+        FolderLockedError: another live run holds the folder.
         OutputExistsError: see :func:`prepare_folder`.
+        UntrainedError: training ended at chance level or did not happen (see ``allow_untrained``).
         ModelError, DataError, OfflineError: the model or data cannot be loaded.
         DivergenceError: training diverged.
     """

@@ -46,7 +46,7 @@ FORMAT_VERSION = 1
 
 
 def is_causal_lm(model: nn.Module) -> bool:
-    """Whether ``model`` is a transformers model with an ``AutoModelForCausalLM`` class."""
+    """Whether ``model`` is an instance of its config's ``AutoModelForCausalLM`` class."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "save_pretrained"):
         return False
@@ -54,12 +54,12 @@ def is_causal_lm(model: nn.Module) -> bool:
         from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
     except ImportError:
         return False
-    names = set()
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:  # by name: imports nothing
+        return False
     try:
-        names = {c.__name__ for c in MODEL_FOR_CAUSAL_LM_MAPPING.values()}
-    except (ImportError, AttributeError):  # a model family whose optional dependency is missing
-        pass
-    return any(c.__name__ in names for c in type(model).__mro__)
+        return isinstance(model, MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
+    except (ImportError, KeyError, AttributeError):  # a model family whose optional dependency is missing
+        return False
 
 
 def layer_spec(module: CompressedLinear) -> dict[str, Any]:

@@ -318,6 +318,27 @@ def _device(device_map: Any) -> torch.device:
                      "('cpu', 'cuda', 'cuda:0') or 'auto'")
 
 
+def _save_pretrained(self: PreTrainedModel, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+    """The original class's ``save_pretrained`` (the layers' stored form goes into the
+    weights), then this file beside them and config.json's entry point restored."""
+    import json
+    import os
+    import shutil
+
+    super(type(self), self).save_pretrained(save_directory, *args, **kwargs)
+    shutil.copyfile(__file__, os.path.join(save_directory, os.path.basename(__file__)))
+    path = os.path.join(save_directory, "config.json")
+    with open(path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    config["architectures"] = [SdcompressForCausalLM.__name__]
+    config["auto_map"] = {"AutoModelForCausalLM": f"{__name__.rsplit('.', 1)[-1]}.{SdcompressForCausalLM.__name__}"}
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(config, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 _IGNORED = ("trust_remote_code", "_from_auto", "adapter_kwargs", "code_revision", "low_cpu_mem_usage", "use_safetensors")
 
@@ -333,8 +354,48 @@ class SdcompressForCausalLM(PreTrainedModel):
 
     @classmethod
     def compressed_class(cls, base: type) -> type:
-        """``Sdcompress<base>``: the original class, marked as holding compressed layers."""
-        return type(f"Sdcompress{base.__name__}", (base,), {"__module__": __name__, "__doc__": base.__doc__})
+        """``Sdcompress<base>``: the original class holding the stored layers, whose
+        ``save_pretrained`` writes a folder this file loads again (:func:`_save_pretrained`)."""
+        return type(f"Sdcompress{base.__name__}", (base,),
+                    {"__module__": __name__, "__doc__": base.__doc__, "save_pretrained": _save_pretrained})
+
+    @classmethod
+    def _from_config(cls, config: Any, **kwargs: Any) -> PreTrainedModel:
+        """The original architecture with empty stored layers (what ``from_config`` gives).
+
+        Args:
+            config: a config with the ``sdcompress`` block.
+            **kwargs: ``dtype`` / ``torch_dtype`` (default: the stored dtype),
+                ``attn_implementation`` (default ``"eager"``); other config attributes
+                override the config.
+
+        Raises:
+            ValueError: not an sdcompress config, an unknown layer kind, or a layer name
+                the architecture does not have.
+        """
+        block = _block(config)
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or block.get("dtype") or "float32"
+        kwargs.pop("torch_dtype", None)
+        if dtype == "auto":
+            dtype = block.get("dtype") or "float32"
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        attn = kwargs.pop("attn_implementation", "eager")
+        for key, value in kwargs.items():
+            if hasattr(config, key):
+                setattr(config, key, value)
+            else:
+                logger.warning("ignoring option %r (not a config attribute)", key)
+        base = _base_class(config, block)
+        with torch.random.fork_rng(devices=[]):  # random init of the skeleton must not move the caller's RNG
+            model = cls.compressed_class(base)._from_config(config, attn_implementation=attn)
+        model.to(dtype)
+        modules = dict(model.named_modules())
+        for name, spec in block["layers"].items():
+            if name not in modules:
+                raise ValueError(f"compressed layer {name!r} is not a module of {base.__name__}; the config.json "
+                                 "does not match this transformers version's architecture")
+            model.set_submodule(name, build_layer(spec, dtype))
+        return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, config: Any = None,
@@ -368,28 +429,8 @@ class SdcompressForCausalLM(PreTrainedModel):
         if config is None:
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub)
         block = _block(config)
-        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or block.get("dtype") or "float32"
-        kwargs.pop("torch_dtype", None)
-        if dtype == "auto":
-            dtype = block.get("dtype") or "float32"
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         device = _device(kwargs.pop("device_map", None))
-        attn = kwargs.pop("attn_implementation", "eager")
-        for key, value in kwargs.items():
-            if hasattr(config, key):
-                setattr(config, key, value)
-            else:
-                logger.warning("ignoring from_pretrained option %r (not a config attribute)", key)
-        base = _base_class(config, block)
-        with torch.random.fork_rng(devices=[]):  # random init of the skeleton must not move the caller's RNG
-            model = cls.compressed_class(base)._from_config(config, attn_implementation=attn)
-        model.to(dtype)
-        modules = dict(model.named_modules())
-        for name, spec in block["layers"].items():
-            if name not in modules:
-                raise ValueError(f"compressed layer {name!r} is not a module of {base.__name__}; the config.json "
-                                 "does not match this transformers version's architecture")
-            model.set_submodule(name, build_layer(spec, dtype))
+        model = cls._from_config(config, **kwargs)
         weights = cached_file(pretrained_model_name_or_path, WEIGHTS_FILE, **hub)
         try:
             load_model(model, weights, strict=True)
