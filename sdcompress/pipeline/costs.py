@@ -270,13 +270,19 @@ class Knobs:
     window_stride: int = 0
 
 
+#: d-vectors the probe's measured workspace already holds (the vector v and its product H v)
+_PROBE_VECTORS = 2
+
+
 def lanczos_vectors(probe: Probe, steps: int, mode: str, *, keep_basis: bool = False) -> float:
     """d-vectors one Lanczos run keeps (basis and work vectors) in reorthogonalisation ``mode``
     (:func:`sdcompress.linalg.lanczos.lanczos_memory_bytes`)."""
     from sdcompress.linalg.lanczos import lanczos_memory_bytes
 
     dtype = {8: torch.float64, 4: torch.float32, 2: torch.float16}.get(probe.itemsize, torch.float32)
-    return lanczos_memory_bytes(probe.d, steps, dtype, mode, keep_basis=keep_basis) / (probe.d * probe.itemsize)
+    total = lanczos_memory_bytes(probe.d, steps, dtype, mode, keep_basis=keep_basis) / (probe.d * probe.itemsize)
+    # two of its work vectors (the vector multiplied and the product) were already in the probe's workspace
+    return max(total - _PROBE_VECTORS, 0.0)
 
 
 def lanczos_mode(probe: Probe, steps: int, budget: int | None, reorth: str = "auto") -> str:
