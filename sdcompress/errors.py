@@ -43,3 +43,23 @@ class CompressionError(SdcompressError, ValueError):
 
 class OutputExistsError(SdcompressError, FileExistsError):
     """The output folder already holds a run and ``overwrite`` was not asked for."""
+
+
+class OutputError(SdcompressError, OSError):
+    """The output location cannot be written (a regular file, read-only, ...)."""
+
+
+class FolderLockedError(SdcompressError, RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+class UntrainedError(SdcompressError, RuntimeError):
+    """Training ended at chance level, or no training was done (a dead or untrained network)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM; handled like Ctrl-C (clean-up runs, locks are released).
+
+    A ``KeyboardInterrupt`` subclass so that every ``except KeyboardInterrupt`` and
+    ``except BaseException`` clean-up path treats it the same way.
+    """

@@ -7,13 +7,18 @@ and renamed into place (``os.replace`` is atomic on POSIX).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from sdcompress.errors import OutputExistsError
+from sdcompress.errors import FolderLockedError, OutputError, OutputExistsError
+
+logger = logging.getLogger(__name__)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -74,18 +79,196 @@ def save_figure_atomic(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     return path
 
 
+def set_default_modes(path: str | Path) -> Path:
+    """Give ``path`` (and everything under it) the usual modes: files 0666, folders 0777,
+    both less the umask (0644 / 0755 under the common umask 022).
+
+    ``tempfile.mkdtemp``/``mkstemp`` create 0700/0600 entries and safetensors writes 0600
+    files; everything the toolkit writes gets one mode instead, so a run folder can be
+    shared like any other output. Call it on a temporary name before the rename.
+    """
+    path = Path(path)
+    mask = _umask()
+    if path.is_dir() and not path.is_symlink():
+        os.chmod(path, 0o777 & ~mask)
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o777 & ~mask)
+            for f in files:
+                if not os.path.islink(os.path.join(root, f)):
+                    os.chmod(os.path.join(root, f), 0o666 & ~mask)
+    elif path.is_file() and not path.is_symlink():
+        os.chmod(path, 0o666 & ~mask)
+    return path
+
+
+def check_writable(path: str | Path, *, what: str = "--output-dir") -> Path:
+    """Refuse an output folder that cannot be created or written, before anything runs.
+
+    The nearest existing folder on the way to ``path`` must be a folder (not a regular
+    file) and writable; this is probed by creating and removing a temporary file there
+    (permission bits alone say nothing for root or on read-only mounts).
+
+    Raises:
+        OutputError: ``path`` (or a parent) is a regular file, or the location is not writable.
+    """
+    path = Path(path).expanduser()
+    base = path
+    while not base.exists() and base != base.parent:
+        if base.is_symlink():  # a dangling link: mkdir would fail
+            raise OutputError(f"{what} {str(path)!r}: {str(base)!r} is a broken symbolic link; choose another {what}")
+        base = base.parent
+    if not base.is_dir():
+        which = "is" if base == path else f"is inside {str(base)!r}, which is"
+        raise OutputError(f"{what} {str(path)!r} {which} a regular file, not a folder; choose another {what}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".sdcompress-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{what} {str(path)!r} cannot be written ({str(base)!r}: {exc.strerror or exc}); "
+                          f"choose a writable {what}") from exc
+    return path
+
+
+def make_dirs(path: str | Path, *, what: str = "--output-dir") -> list[Path]:
+    """``mkdir -p path``; returns the folders it created, outermost first (so a caller
+    that fails can remove exactly those, see :func:`remove_created`).
+
+    Raises:
+        OutputError: the folder cannot be created.
+    """
+    path = Path(path)
+    missing: list[Path] = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise OutputError(f"{what} {str(path)!r} is a regular file, not a folder; choose another {what}") from exc
+    except OSError as exc:
+        raise OutputError(f"cannot create {what} {str(path)!r}: {exc.strerror or exc}; choose a writable {what}") from exc
+    return missing[::-1]
+
+
+def remove_created(created: list[Path]) -> None:
+    """Remove the folders :func:`make_dirs` created, innermost first, where still empty."""
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:
+            break
+
+
 def check_output_dir(path: str | Path, *, overwrite: bool = False, marker: str | None = None) -> Path:
-    """Refuse an output folder that already holds results unless ``overwrite``.
+    """Refuse an output folder that already holds results unless ``overwrite``, and one
+    that cannot be written (:func:`check_writable`).
 
     A folder is "taken" when it exists and is non-empty (or, with ``marker``, when it
     holds that file). Nothing is created here: callers create the folder only once all
     inputs are validated, so bad input never leaves a partial folder behind.
 
     Raises:
+        OutputError: ``path`` is a regular file, or the location is not writable.
         OutputExistsError: the folder holds a run and ``overwrite`` is false.
     """
-    path = Path(path)
+    path = check_writable(path)
     taken = path.exists() and (marker is None and any(path.iterdir()) or marker is not None and (path / marker).exists())
     if taken and not overwrite:
         raise OutputExistsError(f"output folder {str(path)!r} already holds a run; pass --overwrite or choose another --output-dir")
     return path
+
+
+#: the lock file a run holds in its folder while it runs
+LOCK_FILE = ".sdcompress.lock"
+
+
+class FolderLock:
+    """An exclusive lock on an output folder, held while one process writes into it.
+
+    The lock is ``flock`` on ``FOLDER/.sdcompress.lock``, whose text records who holds it
+    (pid, host, start time) for the refusal message. The kernel drops an ``flock`` when
+    its process dies (even by SIGKILL), so a lock file left behind by a dead run is not
+    held: the next run takes it over and logs so. Released locks are removed.
+
+    With ``wait`` the lock is waited for instead of refused (a cache entry that another
+    process is building); ``name`` replaces the lock file's name.
+
+    Use as a context manager, or :meth:`acquire` / :meth:`release`.
+    """
+
+    def __init__(self, folder: str | Path, *, what: str = "output folder", name: str = LOCK_FILE, wait: bool = False) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / name
+        self.what = what
+        self.wait = wait
+        self._fd: int | None = None
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        if not isinstance(info, dict) or "pid" not in info:
+            return "another process"
+        where = "" if info.get("host") in (None, socket.gethostname()) else f" on {info['host']}"
+        return f"pid {info['pid']}{where}, since {info.get('since', '?')}"
+
+    def acquire(self) -> "FolderLock":
+        """Take the lock.
+
+        Raises:
+            FolderLockedError: another live process holds it.
+            OutputError: the lock file cannot be created.
+        """
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise OutputError(f"cannot create the lock file {str(self.path)!r}: {exc.strerror or exc}; "
+                                  f"the {self.what}'s folder must be writable") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+            except OSError:
+                os.close(fd)
+                raise FolderLockedError(
+                    f"{self.what} {str(self.folder)!r} is in use by another sdcompress run ({self._holder()}); "
+                    "wait for it to finish or choose another --output-dir"
+                ) from None
+            try:  # the holder may have removed the file between our open and flock: retry on the new one
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        old = os.read(fd, 4096)
+        if old.strip() and not self.wait:
+            logger.warning("taking over the stale lock of %s in %s (that process is gone)", self._holder(), self.folder)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (no-op when not held)."""
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # removed while still held: no one can take a file that is going away
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -19,6 +19,8 @@ from sdcompress.models.loader import COMPRESSION_FILE
 from sdcompress.plan.schema import ModulePlan, Plan
 
 EXPECTED_FILES = {"config.json", "model.safetensors", COMPRESSION_FILE}
+#: a causal LM also carries its remote-code file (tests/test_hf_remote.py)
+EXPECTED_LM_FILES = EXPECTED_FILES | {"modeling_sdcompress.py"}
 
 
 def _tensor_bytes(path: Path) -> int:
@@ -49,7 +51,7 @@ def saved_gpt2(tmp_path_factory):
 
 def test_gpt2_save_load_same_logits_and_files(saved_gpt2):
     model, plan, report, folder = saved_gpt2
-    assert {p.name for p in folder.iterdir()} == EXPECTED_FILES
+    assert {p.name for p in folder.iterdir()} == EXPECTED_LM_FILES
     assert [p.name for p in folder.parent.iterdir()] == ["compressed"]  # no temporary folders left
     loaded = load_compressed(folder)
     assert loaded.task == "lm" and loaded.source == "local"

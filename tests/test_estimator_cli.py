@@ -50,7 +50,7 @@ def test_estimate_a_builtin_uses_its_cached_eos_model_and_a_param_subset(tmp_pat
 def test_bad_input_stops_before_anything_is_written(train_run, tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["estimate", "--from-run", str(train_run), "--lr", "-1", "--output-dir", str(out)]) == 2
-    assert "--lr must be > 0, got -1.0" in capsys.readouterr().err
+    assert "--lr must be a finite number > 0, got -1.0" in capsys.readouterr().err
     assert main(["estimate", "--from-run", str(train_run), "--params", "nothing.here", "--output-dir", str(out)]) == 2
     assert "matches no parameter" in capsys.readouterr().err
     assert main(["estimate", "--from-run", str(tmp_path), "--output-dir", str(out)]) == 2
@@ -58,7 +58,7 @@ def test_bad_input_stops_before_anything_is_written(train_run, tmp_path, capsys)
     assert main(["estimate", "--output-dir", str(out)]) == 2
     assert "give a MODEL" in capsys.readouterr().err
     assert main(["estimate", "--from-run", str(train_run), "--slq-runs", "0", "--output-dir", str(out)]) == 2
-    assert "slq_runs must be an integer ≥ 1, got 0" in capsys.readouterr().err
+    assert "--slq-runs must be an integer ≥ 1, got 0" in capsys.readouterr().err
     assert not out.exists()
     taken = tmp_path / "taken"
     taken.mkdir()

@@ -143,3 +143,23 @@ def test_no_expansion_gives_no_expansion_share() -> None:
     assert est.sd == 0.0
     assert est.module_sd == {"first": 0.0, "second": 0.0}
     assert est.module_expansion is None
+
+
+def test_report_shows_the_per_module_table_and_the_lyapunov_verdict() -> None:
+    from sdcompress.report.render import lyapunov_convergence_lines, module_share_lines
+
+    model = TwoBlockQuadratic([6.0, 0.5, 0.0], [4.5, -0.3, 0.1, 0.2, 1.0])
+    loss_fn = lambda w, _: 0.5 * w @ model.A @ w  # noqa: E731
+    est = estimate_sd(model, [(torch.zeros(1, 1, dtype=F64), torch.zeros(1))], lr=0.5, method="exact", n_batches=1,
+                      loss_fn=loss_fn, n_bootstrap=0)
+    lines = module_share_lines(est.to_dict())
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:6]] for ln in lines if ln.startswith("| first") or ln.startswith("| second")}
+    assert rows["first"] == ["3.00", f"{3.0 / est.sd:.3f}", f"{est.module_expansion['first']:.3f}", f"{3 / 8:.3f}"]
+    assert rows["second"][3] == f"{5 / 8:.3f}"
+    assert module_share_lines({"module_sd": None}) == []
+    ok = {"converged": True, "sd": 16.0, "lower_bound": True,
+          "convergence": {"steps": 1500, "test": "frames", "tol": 1e-3, "max_frame_difference": 2e-4, "hvp": 48052}}
+    assert "converged after 1500 steps" in lyapunov_convergence_lines(ok)[1] and "D_Λ = ≥ 16.0" in lyapunov_convergence_lines(ok)[1]
+    bad = {**ok, "converged": False, "convergence": {**ok["convergence"], "steps": 50}}
+    assert "NOT converged within 50 steps" in lyapunov_convergence_lines(bad)[1]
+    assert lyapunov_convergence_lines({"converged": None}) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,12 +16,16 @@ from sdcompress.linalg import (
     GradientGraph,
     HessianOperator,
     StepJacobian,
+    available_memory_bytes,
     batched_hvp,
     check_dense_size,
+    choose_reorth,
+    default_memory_budget,
     dense_hessian,
     hessian_slq,
     hutchinson_trace,
     lanczos,
+    lanczos_memory_bytes,
     slq,
     top_eigenpairs,
     top_eigenvalue,
@@ -218,3 +223,137 @@ def test_operators_follow_the_dtype_and_device_of_the_point():
     assert op.dtype == torch.float32 and op.device == model.weight.device
     out = op.matvec(torch.ones(loss.d))
     assert out.dtype == torch.float32 and out.shape == (loss.d,)
+
+
+# --- memory-lean Lanczos (issue 11 part 1) -------------------------------------------------
+
+SPECTRUM = [12.0, 9.0, -6.0] + [-1.0 + 2.0 * i / 196 for i in range(197)]  # outliers and a bulk, d = 200
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", ["full", "half", "none"])
+def test_every_reorthogonalisation_mode_finds_the_extreme_eigenvalues(dtype, mode):
+    A = sym_matrix(SPECTRUM, seed=2)
+    op = DenseOperator(A.to(dtype))
+    v = torch.ones(200, dtype=dtype)
+    res = lanczos(op, v, 60, reorth=mode)
+    assert res.reorth == mode and res.Q is None and res.steps == 60
+    theta = res.ritz()[0]
+    tol = 1e-9 if (dtype == torch.float64 and mode != "half") else 1e-4
+    assert float(theta[-1]) == pytest.approx(12.0, abs=tol * 12)
+    assert float(theta[0]) == pytest.approx(-6.0, abs=tol * 12)
+    # 9 is found in every mode; without reorthogonalisation 12 may also come back as a (converging) ghost copy
+    assert float((theta - 9.0).abs().min()) < tol * 12
+    assert float(theta.max()) < 12.0 + tol * 12
+
+
+@pytest.mark.parametrize("mode", ["full", "half", "none"])
+def test_lean_slq_moments_match_the_dense_spectrum(mode):
+    A = sym_matrix(SPECTRUM, seed=3).to(torch.float32)
+    meas = slq(lambda r: DenseOperator(A), runs=60, steps=40, seed=1, reorth=mode)
+    assert meas.reorth == mode
+    A64 = A.double()
+    # Gauss quadrature is exact for α and α²; without reorthogonalisation only the weights of ghosts split
+    assert meas.integrate(lambda a: a) == pytest.approx(float(torch.trace(A64)), abs=20.0)
+    assert meas.integrate(lambda a: a**2) == pytest.approx(float(torch.trace(A64 @ A64)), rel=0.06)
+    full = slq(lambda r: DenseOperator(A), runs=60, steps=40, seed=1, reorth="full")
+    for f in (lambda a: a**2, lambda a: np.maximum(a - 5.0, 0.0), lambda a: np.abs(a) ** 0.5):
+        assert meas.integrate(f) == pytest.approx(full.integrate(f), rel=0.02)
+
+
+def test_memory_prediction_and_the_budget_choose_the_mode():
+    d, steps = 124_439_808, 20  # GPT-2-small, the λ_max check
+    assert lanczos_memory_bytes(d, steps, torch.float32, "full") == (steps + 4) * d * 4
+    assert lanczos_memory_bytes(d, steps, torch.float32, "half") == steps * d * 2 + 4 * d * 4
+    assert lanczos_memory_bytes(d, steps, torch.float32, "none") == 4 * d * 4
+    assert lanczos_memory_bytes(d, steps, torch.float64, "half") == steps * d * 4 + 4 * d * 8
+    assert lanczos_memory_bytes(10, 50, torch.float32, "full") == (10 + 4) * 10 * 4  # steps clipped to d
+    gb = 2**30
+    assert choose_reorth(d, steps, torch.float32, memory_budget=8 * gb) == "half"
+    assert choose_reorth(d, steps, torch.float32, memory_budget=12 * gb) == "full"
+    assert choose_reorth(d, steps, torch.float32, memory_budget=3 * gb) == "none"
+    assert choose_reorth(d, steps, torch.float32, memory_budget=1, reorth="full") == "full"  # explicit wins
+    assert choose_reorth(1440, 80, torch.float32) == "full"  # small models keep the exact path by default
+    assert 0 < default_memory_budget() < available_memory_bytes()
+    with pytest.raises(ConfigError, match="reorth must be one of"):
+        choose_reorth(10, 5, reorth="partial")
+    with pytest.raises(ConfigError, match="memory_budget must be"):
+        choose_reorth(10, 5, memory_budget=0)
+    with pytest.raises(ConfigError, match="reorth must be one of"):
+        lanczos(DenseOperator(torch.eye(3)), torch.ones(3), 2, reorth="selective")
+
+
+def test_lean_lanczos_holds_only_a_few_vectors(tmp_path):
+    """Peak resident memory of a 40-step run on d = 2M (8 MB per vector) in a fresh process."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "peak.py"
+    script.write_text(
+        "import resource, sys, torch\n"
+        "from sdcompress.linalg import lanczos, SymmetricOperator\n"
+        "class Diag(SymmetricOperator):\n"
+        "    def __init__(s, x):\n"
+        "        super().__init__(); s.x, s.d, s.dtype, s.device = x, len(x), x.dtype, x.device\n"
+        "    def _matmat(s, V):\n"
+        "        return V * s.x\n"
+        "torch.set_num_threads(1)\n"
+        "d = 2_000_000\n"
+        "x = torch.linspace(-1.0, 1.0, d); x[0] = 3.0\n"
+        "op = Diag(x)\n"
+        "v = torch.ones(d)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "res = lanczos(op, v, 40, reorth=sys.argv[1], blocks=[slice(0, d // 2), slice(d // 2, d)])\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print((after - before) * 1024, float(res.ritz()[0][-1]))\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, str(script), "none"], capture_output=True, text=True, env=env, check=True).stdout.split()
+    grown, top = int(out[0]), float(out[1])
+    vec = 2_000_000 * 4
+    assert top == pytest.approx(3.0, rel=1e-2)  # float32 sums over 2M entries
+    assert grown < 8 * vec  # the basis would be 40 vectors (320 MB); predicted work: 4 vectors + temporaries
+    assert lanczos_memory_bytes(2_000_000, 40, torch.float32, "none") == 4 * vec
+
+
+@pytest.mark.parametrize("mode", ["half", "none"])
+def test_top_eigenpairs_without_a_stored_basis(mode):
+    A = sym_matrix(SPECTRUM, seed=4)
+    ref_vals, ref_vecs = torch.linalg.eigh(A)
+    op = DenseOperator(A)
+    pairs = top_eigenpairs(op, k=2, steps=50, reorth=mode)
+    assert pairs.reorth == mode and pairs.n_matvecs == 50 + 50 + 2  # run, replay, residuals
+    assert torch.allclose(pairs.values, torch.tensor([12.0, 9.0], dtype=torch.float64), atol=1e-6)
+    for v, u in zip(pairs.vectors, ref_vecs.flip(1).T[:2]):
+        assert abs(abs(float(v @ u)) - 1.0) < 1e-6
+    assert float(pairs.residuals.max()) < 1e-4
+    lean = top_eigenpairs(op, k=1, steps=50, reorth=mode, vectors=False)  # the λ_max check
+    assert lean.vectors is None and lean.n_matvecs == 50
+    assert float(lean.values[0]) == pytest.approx(12.0, abs=1e-6) and float(lean.residuals[0]) < 1e-4
+    # a short run: the estimate β_m |s_i[m]| equals the true residual when the basis is orthonormal
+    short = top_eigenpairs(op, k=1, steps=6, reorth="full")
+    est = top_eigenpairs(op, k=1, steps=6, reorth="full", vectors=False)
+    assert float(est.residuals[0]) == pytest.approx(float(short.residuals[0]), rel=1e-6)
+    assert top_eigenvalue(op, steps=50, reorth=mode) == pytest.approx(12.0, abs=1e-6)
+
+
+def test_block_dot_products_give_per_block_weights_that_sum_to_tau():
+    # block-diagonal: block 0 (size 30) = 2·I, block 1 (size 50) = −I, so v_bᵀ f(A) v = f(c_b) n_b exactly
+    A = torch.block_diag(2.0 * torch.eye(30), -torch.eye(50)).double()
+    blocks = [slice(0, 30), slice(30, 80)]
+    meas = slq(lambda r: DenseOperator(A), runs=3, steps=10, seed=0, blocks=blocks, block_names=["a", "b"])
+    assert meas.block_names == ("a", "b") and meas.block_weights.shape == (len(meas.nodes), 2)
+    np.testing.assert_allclose(meas.block_weights.sum(axis=1), meas.tau, atol=1e-12)
+    bm = meas.block_masses()
+    at2, atm1 = np.isclose(meas.nodes, 2.0), np.isclose(meas.nodes, -1.0)
+    assert bm[at2, 0].sum() == pytest.approx(30.0) and bm[atm1, 1].sum() == pytest.approx(50.0)
+    assert abs(bm[at2, 1].sum()) < 1e-9 and abs(bm[atm1, 0].sum()) < 1e-9
+    with pytest.raises(ConfigError, match="no per-block weights"):
+        slq(lambda r: DenseOperator(A), runs=1, steps=3).block_masses()
+
+
+def test_hessian_slq_records_weights_per_parameter_tensor(mlp64):
+    loss, batch = mlp64
+    meas = hessian_slq(loss, lambda r: batch, runs=2, steps=8, seed=0)
+    assert meas.block_names == loss.layout.names
+    np.testing.assert_allclose(meas.block_weights.sum(axis=1), meas.tau, atol=1e-10)

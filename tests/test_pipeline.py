@@ -220,3 +220,25 @@ def test_overwrite_replaces_a_finished_run(finished, tmp_path):
     assert (copy / "report.json").stat().st_mtime_ns != old and (copy / "notes.txt").read_text() == "mine"
     for key in NUMBERS:  # same config, same numbers
         assert getattr(again, key) == getattr(report, key), key
+
+
+def test_finished_run_has_a_model_card_and_a_dense_export(finished, tmp_path):
+    """model/README.md holds report.json's numbers; `sdcompress export RUN --format dense`
+    loads with plain from_pretrained and gives the compressed model's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from sdcompress.compress import load_compressed
+    from sdcompress.report.model_card import read_front_matter
+
+    out, _ = finished
+    data = json.loads((out / "report.json").read_text())
+    meta = read_front_matter((out / "model" / "README.md").read_text())
+    assert {key: meta["sdcompress"][key] for key in NUMBERS} == {key: data[key] for key in NUMBERS}
+    metrics = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["perplexity (after compression)"] == data["evaluation_after"]["perplexity"]
+    assert meta["sdcompress"]["preserved"] == data["verdict"]["preserved"]
+    assert cli("export", str(out), "--format", "dense", "--output-dir", str(tmp_path / "dense")) == 0
+    dense = AutoModelForCausalLM.from_pretrained(str(tmp_path / "dense"))
+    x = torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert float((dense(x).logits - load_compressed(out / "model").model(x).logits).abs().max()) <= 1e-5

@@ -177,15 +177,17 @@ def test_bad_inputs_one_clear_message():
     est = estimate(1000.0)
     with pytest.raises(PlanError, match=r"target rank 50 is larger than the 24×72 weight of module .blk.0.attn. allows \(at most 24\)"):
         make_plan(est, MODULES, PlanConfig(target_rank=50))  # noqa
-    with pytest.raises(ConfigError, match="bits 3 is not supported"):
-        PlanConfig(bits=3).validate()
+    with pytest.raises(ConfigError, match="plan.bits must be 8, 4, 'auto' or 'off', got 3"):
+        PlanConfig(bits=3)
     for bad in (0, -0.1):
-        with pytest.raises(ConfigError, match="tolerance must be a positive"):
-            PlanConfig(tolerance=bad).validate()
+        with pytest.raises(ConfigError, match="plan.tolerance must be a positive number"):
+            PlanConfig(tolerance=bad)
     with pytest.raises(ConfigError, match="not both"):
-        PlanConfig(prune=0.5).validate()
-    with pytest.raises(ConfigError, match="strategy 'svd' is unknown"):
-        PlanConfig(strategy="svd").validate()
+        PlanConfig(prune=0.5)
+    with pytest.raises(ConfigError, match=r"plan.strategy must be one of \['sd'.*got 'svd'"):
+        PlanConfig(strategy="svd")
+    with pytest.raises(ConfigError, match=r"plan.targets .*got 're:\('"):
+        PlanConfig(targets=["re:("])
     with pytest.raises(PlanError, match="Fisher|fisher"):
         make_plan(est, MODULES, PlanConfig(strategy="fisher", budget={"params_fraction": 0.5}), stats={})
 

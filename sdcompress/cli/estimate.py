@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from sdcompress.errors import ConfigError
+from sdcompress.estimator.config import METHODS
+from sdcompress.train.log import LOG_FILE, MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("exact", "slq", "kde", "ps", "lyapunov")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,28 +56,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
 
 
-def _device(choice: str) -> Any:
-    import torch
-
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+#: config field -> option of ``sdcompress estimate``
+ESTIMATE_OPTIONS = {
+    "lr": "--lr", "weight_decay": "--weight-decay", "data.batch_size": "--batch-size", "data.block_size": "--block-size",
+    "data.seed": "--seed", "estimate.seed": "--seed", "estimate.method": "--method", "estimate.n_batches": "--n-batches",
+    "estimate.slq_runs": "--slq-runs", "estimate.lanczos_steps": "--lanczos-steps",
+    "estimate.lyapunov_exponents": "--lyapunov-exponents", "estimate.lyapunov_steps": "--lyapunov-steps",
+    "estimate.params": "--params", "estimate.dtype": "--dtype", "device": "--device",
+}
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    from sdcompress.cli.options import under_options
+    from sdcompress.config import DataConfig, check_step_size
+
     if args.model is None and args.from_run is None:
         raise ConfigError("give a MODEL (built-in, folder or hub name) or --from-run DIR")
     if args.model is not None and args.from_run is not None:
         raise ConfigError(f"give either MODEL ({args.model!r}) or --from-run ({args.from_run!r}), not both")
-    if args.lr is not None and not args.lr > 0:
-        raise ConfigError(f"--lr must be > 0, got {args.lr}")
-    if args.weight_decay is not None and args.weight_decay < 0:
-        raise ConfigError(f"--weight-decay must be ≥ 0, got {args.weight_decay}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    if args.from_run is not None and not (Path(args.from_run) / "train_log.json").is_file():
+    with under_options(ESTIMATE_OPTIONS):
+        check_step_size(1.0 if args.lr is None else args.lr, 0.0 if args.weight_decay is None else args.weight_decay)
+        DataConfig(batch_size=16 if args.batch_size is None else args.batch_size, block_size=args.block_size, seed=args.seed)
+    if args.from_run is not None and not (Path(args.from_run) / LOG_FILE).is_file():
         raise ConfigError(f"--from-run {args.from_run!r} holds no train_log.json: pass a folder written by 'sdcompress train'")
 
 
@@ -88,7 +89,7 @@ def _load(args: argparse.Namespace, device: Any) -> tuple[Any, Any, dict[str, An
 
     if args.from_run is not None:
         result = read_train_log(args.from_run)
-        loaded = load_model(str(Path(args.from_run) / "model"))
+        loaded = load_model(str(Path(args.from_run) / MODEL_DIR))
         data_cfg = replace(result.data_config, name=args.dataset or result.dataset, block_size=args.block_size)
         data = load_training_data(result.model, data_cfg, loaded.tokenizer)
         facts = {"lr": result.config.lr, "weight_decay": result.config.weight_decay, "batch_size": result.data_config.batch_size,
@@ -119,17 +120,20 @@ def run(args: argparse.Namespace) -> int:
     from sdcompress.data import BatchStream
     from sdcompress.estimator import EstimateConfig, estimate_sd
     from sdcompress.estimator.plots import plot_estimate
+    from sdcompress.cli.options import under_options
     from sdcompress.io import check_output_dir
+    from sdcompress.pipeline.config import resolve_device
 
     _check_args(args)
-    config = EstimateConfig(
-        method=args.method, n_batches=args.n_batches, slq_runs=args.slq_runs, lanczos_steps=args.lanczos_steps,
-        lyapunov_exponents=args.lyapunov_exponents, lyapunov_steps=args.lyapunov_steps,
-        lyapunov_warmup=min(20, max(0, args.lyapunov_steps // 5)), dtype=args.dtype, seed=args.seed,
-        params=list(args.params) if args.params else None,
-    ).validate()
+    with under_options(ESTIMATE_OPTIONS):
+        config = EstimateConfig(
+            method=args.method, n_batches=args.n_batches, slq_runs=args.slq_runs, lanczos_steps=args.lanczos_steps,
+            lyapunov_exponents=args.lyapunov_exponents, lyapunov_steps=args.lyapunov_steps,
+            lyapunov_warmup=min(20, max(0, args.lyapunov_steps // 5)) if isinstance(args.lyapunov_steps, int) else 0,
+            dtype=args.dtype, seed=args.seed, params=list(args.params) if args.params else None,
+        )
+        device = resolve_device(args.device)
     out = check_output_dir(args.output_dir, overwrite=args.overwrite)
-    device = _device(args.device)
     loaded, data, facts = _load(args, device)
     lr = args.lr if args.lr is not None else facts["lr"]
     if lr is None:
@@ -138,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     batch_size = args.batch_size if args.batch_size is not None else facts["batch_size"]
     stream = BatchStream(data.train, batch_size, seed=args.seed)
     logger.info("model from %s; η = %g, wd = %g, batch size %d", facts["source"], lr, wd, batch_size)
-    est = estimate_sd(loaded.model, stream, lr=lr, weight_decay=wd, loss_fn=loaded.loss_fn, config=config)
+    with under_options(ESTIMATE_OPTIONS):
+        est = estimate_sd(loaded.model, stream, lr=lr, weight_decay=wd, loss_fn=loaded.loss_fn, config=config)
     est = replace(est, extras={**est.extras, "model": args.model or args.from_run, "dataset": data.name, "batch_size": batch_size,
                                "model_source": facts["source"]})
     out.mkdir(parents=True, exist_ok=True)

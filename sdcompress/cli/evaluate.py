@@ -10,6 +10,7 @@ import json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``sdcompress evaluate``."""
+    from sdcompress.estimator.config import METHODS
     parser.add_argument("model", metavar="MODEL", help="compressed folder (model/ of a run), save_pretrained folder, or built-in name")
     parser.add_argument("--dataset", default=None, help="dataset (default: the built-in model's own; required for other models)")
     parser.add_argument("--lr", type=float, default=None, metavar="ETA", help="η of the SGD map for SD (required unless --no-sd)")
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="minibatch size of the stream ω used for SD")
     parser.add_argument("--block-size", type=int, default=64, help="tokens per block (language models)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the minibatch stream ω and the estimator")
-    parser.add_argument("--method", default="ps", choices=["exact", "slq", "kde", "ps", "lyapunov"], help="SD estimator")
+    parser.add_argument("--method", default="ps", choices=METHODS, help="SD estimator")
     parser.add_argument("--no-sd", action="store_true", help="losses only; do not re-measure SD")
     parser.add_argument("--max-test-examples", type=int, default=None, help="cap on test examples")
     parser.add_argument("--before", default=None, metavar="JSON",
@@ -31,15 +32,25 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sdcompress.api import load_model
+    from sdcompress.cli.options import under_options
+    from sdcompress.config import DataConfig, check_step_size
     from sdcompress.data import BatchStream, load_data
     from sdcompress.errors import ConfigError
     from sdcompress.estimator import EstimateConfig
-    from sdcompress.evaluate import EvalConfig, EvalReport, check_tolerance, evaluate, verdict
+    from sdcompress.evaluate import EvalConfig, EvalReport, evaluate, verdict
     from sdcompress.models import DEFAULT_DATASET
 
-    check_tolerance(args.tolerance)
     if not args.no_sd and args.lr is None:
         raise ConfigError("re-measuring SD needs the step size: pass --lr ETA (the η the model was trained with) or --no-sd")
+    options = {"evaluate.tolerance": "--tolerance", "evaluate.max_test_examples": "--max-test-examples", "lr": "--lr",
+               "weight_decay": "--weight-decay", "data.batch_size": "--batch-size", "data.block_size": "--block-size",
+               "data.seed": "--seed", "estimate.seed": "--seed", "estimate.method": "--method"}
+    with under_options(options):
+        cfg = EvalConfig(tolerance=args.tolerance, max_test_examples=args.max_test_examples, remeasure_sd=not args.no_sd)
+        DataConfig(batch_size=args.batch_size, block_size=args.block_size, seed=args.seed)
+        estimate_config = EstimateConfig(method=args.method, seed=args.seed)
+        if not args.no_sd:
+            check_step_size(args.lr, args.weight_decay)
     loaded = load_model(args.model, seed=args.seed)
     source = loaded.info.get("compression", {}).get("extra", {}) if isinstance(loaded.info.get("compression"), dict) else {}
     name = args.dataset or source.get("dataset") or DEFAULT_DATASET.get(Path(args.model).name)
@@ -47,9 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no dataset known for {args.model!r}: pass --dataset")
     data = load_data(name, block_size=args.block_size, seed=args.seed, tokenizer=loaded.tokenizer)
     stream = BatchStream(data.train, args.batch_size, seed=args.seed)
-    cfg = EvalConfig(tolerance=args.tolerance, max_test_examples=args.max_test_examples, remeasure_sd=not args.no_sd)
     rep = evaluate(loaded, data, stream=stream, lr=args.lr, weight_decay=args.weight_decay,
-                   estimate_config=EstimateConfig(method=args.method, seed=args.seed), config=cfg)
+                   estimate_config=estimate_config, config=cfg)
     if args.output:
         rep.save(args.output)
     if not args.quiet:

@@ -2,7 +2,7 @@
 estimates (nothing is changed; apply it with ``sdcompress compress``).
 
 RUN_OR_ESTIMATES is a run folder (its ``estimates.json``, ``lyapunov/`` and ``trained/``
-are used), a folder holding ``estimates.json``, or an ``estimates.json`` file.
+are used: the names are the pipeline's, :mod:`sdcompress.pipeline.folder`), a folder holding ``estimates.json``, or an ``estimates.json`` file.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from sdcompress.cli.options import RUN_OPTIONS, under_options
 from sdcompress.cli.run import bits_arg, prune_arg, rank_arg
+from sdcompress.pipeline.folder import ESTIMATES_FILE, LYAPUNOV_DIR, TRAINED_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def _estimates(source: Path):
     from sdcompress.errors import ConfigError
     from sdcompress.estimator.result import SDEstimate
 
-    folder, name = (source.parent, source.name) if source.is_file() else (source, "estimates.json")
+    folder, name = (source.parent, source.name) if source.is_file() else (source, ESTIMATES_FILE)
     if not (folder / name).is_file():
         raise ConfigError(f"{str(source)!r} holds no estimates.json; pass a run folder or an estimates file written by 'sdcompress estimate'")
     try:
@@ -64,16 +66,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise OutputExistsError(f"{str(out)!r} already exists; pass --overwrite or choose another --output")
-    cfg = PlanConfig(target_rank=args.target_rank, prune=args.prune, bits=args.bits, strategy=args.strategy,
-                     targets=args.targets, ignore=list(args.ignore), below_floor=args.below_floor, seed=args.seed,
-                     budget={} if args.budget is None else {"params_fraction": args.budget})
+    with under_options({**RUN_OPTIONS, "plan.seed": "--seed"}):
+        cfg = PlanConfig(target_rank=args.target_rank, prune=args.prune, bits=args.bits, strategy=args.strategy,
+                         targets=args.targets, ignore=list(args.ignore), below_floor=args.below_floor, seed=args.seed,
+                         budget={} if args.budget is None else {"params_fraction": args.budget})
     est, folder = _estimates(Path(args.source))
-    model = args.model or (str(folder / "trained") if (folder / "trained").is_dir() else None)
+    model = args.model or (str(folder / TRAINED_DIR) if (folder / TRAINED_DIR).is_dir() else None)
     if model is None:
         raise ConfigError(f"no model to read module shapes from: pass --model (the model {args.source!r} was estimated on)")
-    lyap_dir = Path(args.lyapunov) if args.lyapunov else folder / "lyapunov"
+    lyap_dir = Path(args.lyapunov) if args.lyapunov else folder / LYAPUNOV_DIR
     sub = None
-    if est.subspace is None and (lyap_dir / "estimates.json").is_file():
+    if est.subspace is None and (lyap_dir / ESTIMATES_FILE).is_file():
         sub = SDEstimate.load(lyap_dir)
     elif args.lyapunov:
         raise ConfigError(f"{args.lyapunov!r} holds no Lyapunov estimate (estimates.json with a subspace)")

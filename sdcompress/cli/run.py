@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def bits_arg(text: str) -> int | str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the main job."""
     from sdcompress.models import BUILTIN_MODELS
+    from sdcompress.estimator.config import METHODS
     from sdcompress.plan import STRATEGIES
 
     parser.add_argument("model", metavar="MODEL",
@@ -90,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "checkpoint of other models, whose --lr should be near 2/λ_max)")
     d.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the data config's)")
     e = parser.add_argument_group("estimate and evaluation")
-    e.add_argument("--method", default=None, choices=["exact", "slq", "kde", "ps", "lyapunov"],
+    e.add_argument("--method", default=None, choices=METHODS,
                    help="SD estimator (default: the estimate config's, ps). The main job uses "
                    + ", ".join(f"{k}={v}" for k, v in MAIN_JOB_ESTIMATE.items())
                    + " (lighter than the config defaults; raise them with --set estimate.KEY=VALUE)")
@@ -100,61 +102,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--output-dir", default=None, metavar="OUT", help="run folder (default: runs/<model>-<timestamp>)")
     o.add_argument("--dry-run", action="store_true", help="stop after writing plan.json")
     o.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    o.add_argument("--allow-untrained", action="store_true",
+                   help="go on when training ends at chance level or --steps is 0 (refused otherwise); the report says so")
     o.add_argument("--seed", type=int, default=None, help="seed of every stage (init, batches ω, probes); default: each config's")
     o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
+    f = parser.add_argument_group("pre-flight (times a gradient and a Hessian-vector product, predicts every stage, "
+                                  "picks settings that fit, or refuses)")
+    f.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="time the whole run may take (default: 1800 s; 0: no limit)")
+    f.add_argument("--memory-budget", type=float, default=None, metavar="GiB",
+                   help="peak memory the run may use (default: min(8 GiB, 80%% of available RAM) on CPU, "
+                   "90%% of free GPU memory on CUDA)")
+    f.add_argument("--no-preflight", action="store_true", help="run the settings as given, without the pre-flight")
+    f.add_argument("--no-adjust", action="store_true",
+                   help="pre-flight predicts and refuses what does not fit, but changes no setting")
     o.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="set any RunConfig field, type-checked (e.g. estimate.slq_runs=8, train.steps=200); repeatable")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`RunConfig` these options describe."""
+    """The :class:`RunConfig` these options describe.
+
+    Every section is built (and so validated) from the options inside
+    :func:`~sdcompress.cli.options.under_options`: a bad value is reported under the
+    option that was typed (``--lr 0`` says ``--lr``). ``--set`` overrides apply last and
+    are reported as ``--set`` errors.
+
+    Raises:
+        ConfigError: a bad option or override, naming it, the value and the fix.
+    """
+    from sdcompress.cli.options import RUN_OPTIONS, under_options
     from sdcompress.config import ModelConfig
+    from sdcompress.estimator import EstimateConfig
     from sdcompress.evaluate import EvalConfig
+    from sdcompress.models import BUILTIN_MODELS
     from sdcompress.pipeline import OutputConfig, RunConfig
     from sdcompress.plan import PlanConfig
-
-    from sdcompress.models import BUILTIN_MODELS
     from sdcompress.train import default_data_config, default_train_config
 
-    # built-ins start from their documented EoS settings; others from the generic defaults
-    data = default_data_config(args.model)
-    if args.dataset is not None:
-        data.name = args.dataset
-    train = default_train_config(args.model)
-    if args.model not in BUILTIN_MODELS:
-        train.steps = NON_BUILTIN_STEPS  # a short constant-η phase from the checkpoint, not a training run
-    cfg = RunConfig(model=ModelConfig(name=args.model), data=data, train=train)
-    if args.batch_size is not None:
-        cfg.data.batch_size = args.batch_size
-    for attr, value in (("lr", args.lr), ("weight_decay", args.weight_decay), ("steps", args.steps)):
-        if value is not None:
-            setattr(cfg.train, attr, value)
-    for key, value in MAIN_JOB_ESTIMATE.items():
-        setattr(cfg.estimate, key, value)
-    if args.method is not None:
-        cfg.estimate.method = args.method
-    target_rank = args.target_rank if args.target_rank is not None else ("off" if args.prune != "off" else "auto")
-    cfg.plan = PlanConfig(
-        target_rank=target_rank, prune=args.prune, bits=args.bits, tolerance=args.tolerance,
-        targets=args.targets, ignore=list(args.ignore), strategy=args.strategy,
-        budget={} if args.budget is None else {"params_fraction": args.budget},
-    )
-    if args.eval_tolerance is not None:
-        cfg.evaluate = EvalConfig(tolerance=args.eval_tolerance)
-    cfg.output = OutputConfig(dir=args.output_dir, overwrite=args.overwrite)
-    cfg.seed, cfg.device, cfg.dry_run = args.seed, args.device, args.dry_run
-    if args.overrides:
-        from sdcompress.recipe import from_dict, parse_override, to_dict
+    def given(**values: Any) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if v is not None}
 
-        data = to_dict(cfg)
-        for text in args.overrides:
-            keys, value = parse_override(text, RunConfig)
-            node = data
-            for k in keys[:-1]:
-                node = node.setdefault(k, {})
-            node[keys[-1]] = value
-        cfg = from_dict(RunConfig, data, source="--set")  # every section re-validated
+    with under_options(RUN_OPTIONS):
+        model = ModelConfig(name=args.model)
+        # built-ins start from their documented EoS settings; others from the generic defaults
+        data = replace(default_data_config(args.model), **given(name=args.dataset, batch_size=args.batch_size))
+        train = default_train_config(args.model)
+        if args.model not in BUILTIN_MODELS:
+            train = replace(train, steps=NON_BUILTIN_STEPS)  # a short constant-η phase from the checkpoint
+        train = replace(train, **given(lr=args.lr, weight_decay=args.weight_decay, steps=args.steps))
+        estimate = EstimateConfig(**MAIN_JOB_ESTIMATE, **given(method=args.method))
+        target_rank = args.target_rank if args.target_rank is not None else ("off" if args.prune != "off" else "auto")
+        plan = PlanConfig(
+            target_rank=target_rank, prune=args.prune, bits=args.bits, tolerance=args.tolerance,
+            targets=args.targets, ignore=list(args.ignore), strategy=args.strategy,
+            budget={} if args.budget is None else {"params_fraction": args.budget},
+        )
+        evaluate = EvalConfig(**given(tolerance=args.eval_tolerance))
+        output = OutputConfig(dir=args.output_dir, overwrite=args.overwrite)
+        cfg = RunConfig(model=model, data=data, train=train, estimate=estimate, plan=plan, evaluate=evaluate,
+                        output=output, seed=args.seed, device=args.device, dry_run=args.dry_run,
+                        allow_untrained=bool(getattr(args, "allow_untrained", False)))
+    _preflight_args(cfg, args)
+    if args.overrides:
+        from sdcompress.recipe import apply_overrides, from_dict, to_dict
+
+        cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), args.overrides, RunConfig), source="--set")
     return cfg
+
+
+def _preflight_args(cfg: Any, args: argparse.Namespace) -> None:
+    """Budgets and switches of the pre-flight (``cfg.preflight``)."""
+    from sdcompress.errors import ConfigError
+    from sdcompress.pipeline.preflight import PreflightConfig
+
+    budget = getattr(args, "time_budget", None)
+    memory = getattr(args, "memory_budget", None)
+    if budget is not None and budget < 0:
+        raise ConfigError(f"--time-budget must be ≥ 0 seconds (0: no limit), got {budget:g}")
+    if memory is not None and memory <= 0:
+        raise ConfigError(f"--memory-budget must be > 0 GiB, got {memory:g}; leave it out for the default")
+    pre = cfg.preflight
+    cfg.preflight = PreflightConfig(
+        enabled=pre.enabled and not getattr(args, "no_preflight", False),
+        time_budget_s=pre.time_budget_s if budget is None else (None if budget == 0 else budget),
+        memory_budget_gb=pre.memory_budget_gb if memory is None else memory,
+        adjust=pre.adjust and not getattr(args, "no_adjust", False),
+    )
 
 
 def print_summary(report: Any, folder: str) -> None:

@@ -16,11 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from sdcompress.errors import ConfigError, DivergenceError, OutputExistsError
+from sdcompress.train.checkpoint import CHECKPOINT_FILE
+from sdcompress.train.log import LOG_FILE, MODEL_DIR, PLOT_FILE
 
 logger = logging.getLogger(__name__)
 
 #: Files this command writes into OUT (and --overwrite removes; nothing else is touched).
-OWN_FILES = ("train_log.json", "train_log.png", "checkpoint.safetensors", "model")
+OWN_FILES = (LOG_FILE, PLOT_FILE, CHECKPOINT_FILE, MODEL_DIR)
 
 
 def _per_model(key: str, part: int = 0) -> str:
@@ -56,18 +58,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run of different settings in --output-dir (only this command's files are removed)")
 
 
+#: config field -> option of ``sdcompress train``
+TRAIN_OPTIONS = {
+    "model.name": "MODEL", "train.lr": "--lr", "train.steps": "--steps", "train.weight_decay": "--weight-decay",
+    "train.momentum": "--momentum", "train.log_every": "--log-every", "train.sharpness_steps": "--sharpness-steps",
+    "train.checkpoint_every": "--checkpoint-every", "data.name": "--dataset", "data.batch_size": "--batch-size",
+    "data.block_size": "--block-size", "data.seed": "--seed", "device": "--device",
+}
+
+
 def _configs(args: argparse.Namespace):  # -> (TrainConfig, DataConfig)
+    """Both configs, each validated on construction; errors name the option typed.
+
+    Raises:
+        ConfigError: a bad option value.
+    """
+    from sdcompress.cli.options import under_options
     from sdcompress.train import default_data_config, default_train_config
 
-    train = default_train_config(args.model)
     overrides = {"lr": args.lr, "steps": args.steps, "weight_decay": args.weight_decay, "log_every": args.log_every,
                  "checkpoint_every": args.checkpoint_every}
-    train = replace(train, momentum=args.momentum, sharpness_steps=args.sharpness_steps,
-                    **{k: v for k, v in overrides.items() if v is not None})
-    train.validate()
-    data = default_data_config(args.model)
-    data = replace(data, seed=args.seed, block_size=args.block_size,
-                   **{k: v for k, v in {"name": args.dataset, "batch_size": args.batch_size}.items() if v is not None})
+    with under_options(TRAIN_OPTIONS):
+        train = replace(default_train_config(args.model), momentum=args.momentum, sharpness_steps=args.sharpness_steps,
+                        **{k: v for k, v in overrides.items() if v is not None})
+        data = replace(default_data_config(args.model), seed=args.seed, block_size=args.block_size,
+                       **{k: v for k, v in {"name": args.dataset, "batch_size": args.batch_size}.items() if v is not None})
     return train, data
 
 
@@ -77,7 +92,7 @@ def _check_output(out: Path, fingerprint: str, overwrite: bool) -> None:
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output-dir {str(out)!r} is a file; pass a folder")
-    log = out / "train_log.json"
+    log = out / LOG_FILE
     if not log.exists():
         return
     try:
@@ -100,17 +115,14 @@ def _check_output(out: Path, fingerprint: str, overwrite: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate everything, then train, write OUT, and print where the run stands."""
-    import torch
-
     from sdcompress.data import BatchStream
     from sdcompress.models import BUILTIN_MODELS, load_model
+    from sdcompress.pipeline.config import resolve_device
     from sdcompress.train import builtin_for_data, load_training_data, train_sgd
     from sdcompress.train.sgd import run_fingerprint
 
     train_cfg, data_cfg = _configs(args)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    device = resolve_device(args.device)
     if args.model in BUILTIN_MODELS:
         data = load_training_data(args.model, data_cfg)
         loaded = builtin_for_data(args.model, data, seed=args.seed)

@@ -1,6 +1,7 @@
 """Save and load compressed models.
 
-A compressed model folder holds exactly three files (four groups with a tokenizer):
+A compressed model folder holds exactly three files (plus the remote-code file of a causal
+LM, below, and a tokenizer's files when there is one):
 
 - ``config.json``: the base model's config (``model.config.save_pretrained`` for
   transformers models; ``{"sdcompress_model": kind, ...}`` for the toolkit's MLPs);
@@ -13,9 +14,11 @@ A compressed model folder holds exactly three files (four groups with a tokenize
 the plan's module *structure* (no SVD, mask or quantization is recomputed), and loads
 the stored tensors, so the outputs are those of the saved model.
 
-Plain ``transformers`` ``from_pretrained`` cannot rebuild the custom modules
-(``LowRankLinear``, ``MaskedLinear``, ``QuantizedLinear``): load these folders with
-``sdcompress.load_model`` (the package-level loader) or :func:`load_compressed`.
+A transformers causal LM's folder also holds ``modeling_sdcompress.py`` and an
+``auto_map`` in ``config.json`` (:mod:`sdcompress.compress.hf_remote`), so that
+``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` rebuilds it
+without sdcompress. The toolkit never imports that file: :func:`load_compressed`
+rebuilds the modules from ``sdcompress_compression.json``.
 ``model.save_pretrained(folder)`` on a compressed transformers model still writes its
 tensors (the packed state dict), but not the plan needed to rebuild it; use
 :func:`save_compressed`.
@@ -36,11 +39,12 @@ import torch
 from torch import nn
 
 from sdcompress.compress.apply import apply_structure_
+from sdcompress.compress.hf_remote import write_remote_code
 from sdcompress.compress.report import CompressionReport
 from sdcompress.errors import CompressionError, PlanError
-from sdcompress.io import check_output_dir, write_json_atomic, write_text_atomic
+from sdcompress.io import check_output_dir, set_default_modes, write_json_atomic, write_text_atomic
 from sdcompress.models.builtin import MODEL_CONFIG_FILE, OWN_MODELS, WEIGHTS_FILE
-from sdcompress.models.loader import COMPRESSION_FILE, LoadedModel
+from sdcompress.models.loader import COMPRESSION_FILE, LoadedModel, check_safetensors, read_config_json
 from sdcompress.plan.schema import Plan
 
 FORMAT = "sdcompress-compressed"
@@ -136,6 +140,7 @@ def save_compressed(
         os.chmod(tmp, 0o755)
         if kind == "transformers":
             model.config.save_pretrained(tmp)  # type: ignore[union-attr]
+            write_remote_code(tmp, model)  # causal LMs: modeling_sdcompress.py + auto_map (hf_remote)
         else:
             config = {"sdcompress_model": model.kind, **model.config_dict()}  # type: ignore[operator]
             write_text_atomic(tmp / MODEL_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
@@ -152,6 +157,7 @@ def save_compressed(
             "extra": extra or {},
         }
         write_json_atomic(tmp / COMPRESSION_FILE, meta)
+        set_default_modes(tmp)  # safetensors writes 0600: one mode for everything written
         _replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -160,8 +166,8 @@ def save_compressed(
 
 
 def _build_base(folder: Path, base: dict[str, Any]) -> nn.Module:
+    config = read_config_json(folder, CompressionError)
     if base.get("library") == "sdcompress":
-        config = json.loads((folder / MODEL_CONFIG_FILE).read_text())
         kind = config.pop("sdcompress_model", None)
         if kind not in OWN_MODELS:
             raise CompressionError(f"{folder}/{MODEL_CONFIG_FILE}: unknown sdcompress model kind {kind!r}; known: {sorted(OWN_MODELS)}")
@@ -174,8 +180,19 @@ def _build_base(folder: Path, base: dict[str, Any]) -> nn.Module:
             f"{folder}: base class {base.get('class')!r} is not a transformers model class in transformers "
             f"{transformers.__version__}; install the version recorded in {COMPRESSION_FILE}"
         )
-    config = transformers.AutoConfig.from_pretrained(str(folder))
-    model = cls._from_config(config, attn_implementation="eager")
+    # the config is read here, not by AutoConfig.from_pretrained: config.json may carry an
+    # auto_map (remote code for plain transformers users), and the toolkit never runs it
+    config.pop("auto_map", None)
+    model_type = config.get("model_type")
+    if model_type not in transformers.CONFIG_MAPPING:
+        raise CompressionError(f"{folder}/{MODEL_CONFIG_FILE}: model_type {model_type!r} is not a transformers architecture "
+                               f"in transformers {transformers.__version__}; install the version recorded in {COMPRESSION_FILE}")
+    try:
+        hf_config = transformers.CONFIG_MAPPING[model_type].from_dict(config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CompressionError(f"{folder}/{MODEL_CONFIG_FILE} is not a valid {model_type} config ({exc}); "
+                               "compress the model again") from exc
+    model = cls._from_config(hf_config, attn_implementation="eager")
     return model.eval()  # as from_pretrained returns it
 
 
@@ -201,8 +218,8 @@ def load_compressed(folder: str | Path) -> LoadedModel:
         raise CompressionError(f"{folder} has no {COMPRESSION_FILE}: it is not a compressed model folder; "
                                "load plain models with sdcompress.models.load_model")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CompressionError(f"cannot read {meta_path}: {exc}; the folder is damaged, compress the model again") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CompressionError(f"{meta_path} is not an sdcompress compression file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
@@ -214,6 +231,11 @@ def load_compressed(folder: str | Path) -> LoadedModel:
         raise PlanError(f"{meta_path}: {exc}") from exc
     report = CompressionReport.from_dict(meta["report"]) if meta.get("report") else None
     base = meta.get("base", {})
+    for name in (MODEL_CONFIG_FILE, WEIGHTS_FILE):  # a missing file is reported as missing, not as a plan mismatch
+        if not (folder / name).is_file():
+            raise CompressionError(f"{folder} is missing {name}: the compressed model folder is incomplete; copy it again "
+                                   "or compress the model again")
+    check_safetensors(folder / WEIGHTS_FILE, CompressionError)  # truncated: named as such
     model = _build_base(folder, base)
     dtype = getattr(torch, str(base.get("dtype", "float32")), None)
     if isinstance(dtype, torch.dtype):
@@ -224,7 +246,8 @@ def load_compressed(folder: str | Path) -> LoadedModel:
     try:
         load_model(model, str(folder / WEIGHTS_FILE), strict=True)
     except (RuntimeError, OSError) as exc:
-        raise CompressionError(f"weights in {folder / WEIGHTS_FILE} do not match the stored plan: {str(exc)[:400]}") from exc
+        detail = " ".join(str(exc).split())[:400]
+        raise CompressionError(f"weights in {folder / WEIGHTS_FILE} do not match the stored plan: {detail}") from exc
     info = {"plan": plan, "report": report, "compression": meta}
     if base.get("library") == "sdcompress":
         return LoadedModel(model, str(folder), "classification", source="local", info=info)
@@ -232,5 +255,5 @@ def load_compressed(folder: str | Path) -> LoadedModel:
     if (folder / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     return LoadedModel(model, str(folder), "lm", loss_fn=None, tokenizer=tokenizer, source="local", info=info)

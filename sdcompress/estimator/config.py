@@ -1,16 +1,17 @@
 """``EstimateConfig``: every knob of the SD estimators, with documented defaults.
 
 Recipes are YAML views of this dataclass, so every field is a plain type (str, int,
-float, bool, list of str, or ``None``). :meth:`EstimateConfig.validate` checks ranges and
-raises :class:`~sdcompress.errors.ConfigError` naming the field, the value and a fix.
+float, bool, list of str, or ``None``). The config validates itself on construction
+(:meth:`EstimateConfig.validate`), raising :class:`~sdcompress.config.FieldError`
+naming the field, the value and a fix.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from sdcompress.config import FieldError, Validated, is_int, is_number, need_int
 from sdcompress.errors import ConfigError
 
 METHODS = ("exact", "slq", "kde", "ps", "lyapunov")
@@ -19,7 +20,7 @@ DTYPES = ("model", "float64")
 
 
 @dataclass
-class EstimateConfig:
+class EstimateConfig(Validated):
     """Settings of :func:`~sdcompress.estimator.estimate_sd`.
 
     Attributes:
@@ -33,7 +34,14 @@ class EstimateConfig:
         slq_runs: SLQ runs, one fresh minibatch and one Rademacher probe each. The paper
             used 500 runs for a 13k-parameter MLP; 32 keep the bootstrap interval of SD
             on the digits MLP within a few percent.
-        lanczos_steps: Lanczos steps m per run (Ritz nodes per run; memory m · d).
+        lanczos_steps: Lanczos steps m per run (Ritz nodes per run; memory m · d with
+            full reorthogonalisation, see ``reorth``).
+        reorth: Lanczos reorthogonalisation: ``"auto"`` (default: ``"full"`` when the
+            m × d basis fits ``memory_budget``, else ``"half"`` (a float16 basis), else
+            ``"none"``, the O(d) three-term recurrence), or one of those three.
+        memory_budget: bytes one Lanczos run may use (its basis and work vectors; see
+            :func:`sdcompress.linalg.lanczos_memory_bytes`); ``None``: 0.1 of the
+            available RAM (free GPU memory on CUDA).
         eps: ε in g(α) = ln(|1 − η·wd − ηα| + ε) (density methods). It shifts every
             neutral exponent by ≈ ε, so it must be far below η·wd; see
             :mod:`sdcompress.estimator.density`.
@@ -75,20 +83,26 @@ class EstimateConfig:
         lyapunov_tol: convergence tolerance of the Lyapunov frame (``"auto"``:
             ½ |ln(1 − η·wd)|, 1e-3 without weight decay; a number; ``None``: no test, run
             all ``lyapunov_steps``). With a tolerance, ``lyapunov_steps`` is a cap, a
-            second frame started at random rides along (twice the products per step,
-            one gradient graph) and the run stops once the two frames' exponents agree
-            and are stable (see :mod:`sdcompress.estimator.lyapunov_sgd`);
-            ``SDEstimate.converged`` says whether they did.
+            second frame started the other way (random if the reported one is warm, and
+            vice versa) rides along (twice the products per step, one gradient graph,
+            plus one warm-start Lanczos run) and the run stops once the two frames'
+            exponents and dimensions agree and are stable (see
+            :mod:`sdcompress.estimator.lyapunov_sgd`); ``SDEstimate.converged`` says
+            whether they did.
         lyapunov_check_every: steps between convergence checks.
         lyapunov_warm_start: ``"jacobian"`` (start the frame from the m eigenvectors of the
             first step's Jacobian with the largest |eigenvalue|, one Lanczos run of
             2m + 20 products) or ``"random"``.
     """
 
+    SECTION: ClassVar[str] = "estimate"
+
     method: Literal["exact", "slq", "kde", "ps", "lyapunov"] = "ps"
     n_batches: int = 20
     slq_runs: int = 32
     lanczos_steps: int = 80
+    reorth: Literal["auto", "full", "half", "none"] = "auto"
+    memory_budget: int | None = None
     eps: float = 1e-8
     n_quantiles: int = 1000
     ps_representative: Literal["quantile", "mean"] = "mean"
@@ -114,58 +128,67 @@ class EstimateConfig:
     lyapunov_warm_start: Literal["jacobian", "random"] = "jacobian"
 
     def with_overrides(self, **overrides: Any) -> "EstimateConfig":
-        """A copy with some fields replaced (unknown names are errors)."""
+        """A copy with some fields replaced (unknown names are errors; the copy is validated).
+
+        Raises:
+            ConfigError: an unknown field name, or a value out of range.
+        """
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown estimator setting(s) {unknown}; known settings: {sorted(known)}")
-        return replace(self, **overrides)
+        return replace(self, **overrides) if overrides else self
 
     def validate(self) -> "EstimateConfig":
-        """Check every field; returns ``self``.
+        """Check every field; returns ``self`` (run on construction).
 
         Raises:
-            ConfigError: a field out of range, naming it, the value and the fix.
+            FieldError: a field out of range, naming it (``estimate.NAME``), the value and the fix.
         """
         from sdcompress.linalg.hvp import HVP_METHODS
 
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
+        s = self.SECTION
 
-        need(self.method in METHODS, f"method must be one of {list(METHODS)}, got {self.method!r}")
+        def need(ok: bool, name: str, rule: str, fix: str = "") -> None:
+            if not ok:
+                raise FieldError(s, name, rule, getattr(self, name), fix)
+
+        need(self.method in METHODS, "method", f"one of {list(METHODS)}")
         for name in ("n_batches", "slq_runs", "lanczos_steps", "n_quantiles", "n_bins", "grid_size", "max_dense_params",
                      "lyapunov_exponents", "lyapunov_steps"):
-            value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"{name} must be an integer ≥ 1, got {value!r}")
-        need(isinstance(self.n_bootstrap, int) and self.n_bootstrap >= 0, f"n_bootstrap must be an integer ≥ 0 (0: no interval), got {self.n_bootstrap!r}")
-        need(isinstance(self.lyapunov_warmup, int) and self.lyapunov_warmup >= 0, f"lyapunov_warmup must be an integer ≥ 0, got {self.lyapunov_warmup!r}")
-        need(self.grid_size % self.n_bins == 0, f"grid_size ({self.grid_size}) must be a multiple of n_bins ({self.n_bins}); e.g. n_bins=256, grid_size=4096")
-        need(isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0, f"eps must be a finite number ≥ 0, got {self.eps!r}")
-        need(isinstance(self.density_scale, (int, float)) and 0 < self.density_scale < 1, f"density_scale must be in (0, 1), got {self.density_scale!r}")
-        need(isinstance(self.density_linear, (int, float)) and self.density_scale < self.density_linear, f"density_linear must be > density_scale ({self.density_scale}), got {self.density_linear!r}")
+            need_int(s, name, getattr(self, name), 1)
+        need_int(s, "n_bootstrap", self.n_bootstrap, 0, "0 gives no interval")
+        need_int(s, "lyapunov_warmup", self.lyapunov_warmup, 0)
+        need_int(s, "seed", self.seed, 0)
+        need(self.grid_size % self.n_bins == 0, "grid_size", f"a multiple of n_bins ({self.n_bins})", "e.g. n_bins=256, grid_size=4096")
+        need(is_number(self.eps) and self.eps >= 0, "eps", "a finite number ≥ 0")
+        need(is_number(self.density_scale) and 0 < self.density_scale < 1, "density_scale", "in (0, 1)")
+        need(is_number(self.density_linear) and self.density_scale < self.density_linear, "density_linear",
+             f"a number > density_scale ({self.density_scale})")
         if isinstance(self.bandwidth, str):
-            need(self.bandwidth == "silverman", f"bandwidth must be a positive number (u units) or 'silverman', got {self.bandwidth!r}")
+            need(self.bandwidth == "silverman", "bandwidth", "a positive number (u units) or 'silverman'")
         else:
-            need(isinstance(self.bandwidth, (int, float)) and self.bandwidth > 0, f"bandwidth must be > 0, got {self.bandwidth!r}")
-        need(self.chunk_size is None or (isinstance(self.chunk_size, int) and self.chunk_size >= 1), f"chunk_size must be ≥ 1 or None, got {self.chunk_size!r}")
-        need(self.hvp_method in HVP_METHODS, f"hvp_method must be one of {list(HVP_METHODS)}, got {self.hvp_method!r}")
-        need(self.ps_representative in ("quantile", "mean"), f"ps_representative must be 'quantile' or 'mean', got {self.ps_representative!r}")
-        need(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        need(0 < self.confidence < 1, f"confidence must be in (0, 1), got {self.confidence!r}")
-        need(self.neutral_tol >= 0, f"neutral_tol must be ≥ 0, got {self.neutral_tol!r}")
+            need(is_number(self.bandwidth) and self.bandwidth > 0, "bandwidth", "a positive number (u units) or 'silverman'")
+        need(self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1), "chunk_size", "an integer ≥ 1 or null")
+        need(self.hvp_method in HVP_METHODS, "hvp_method", f"one of {list(HVP_METHODS)}")
+        need(self.ps_representative in ("quantile", "mean"), "ps_representative", "'quantile' or 'mean'")
+        need(self.reorth in ("auto", "full", "half", "none"), "reorth", "one of ['auto', 'full', 'half', 'none']")
+        need(self.memory_budget is None or (is_int(self.memory_budget) and self.memory_budget > 0), "memory_budget",
+             "a number of bytes > 0, or null for 0.1 of the available memory", "e.g. memory_budget=2000000000")
+        need(self.dtype in DTYPES, "dtype", f"one of {list(DTYPES)}")
+        need(is_number(self.confidence) and 0 < self.confidence < 1, "confidence", "in (0, 1)")
+        need(is_number(self.neutral_tol) and self.neutral_tol >= 0, "neutral_tol", "a finite number ≥ 0")
         if isinstance(self.lyapunov_tol, str) or self.lyapunov_tol is None:
-            need(self.lyapunov_tol in ("auto", None), f"lyapunov_tol must be a number > 0, 'auto' or None, got {self.lyapunov_tol!r}")
+            need(self.lyapunov_tol in ("auto", None), "lyapunov_tol", "a number > 0, 'auto' or null (no convergence test)")
         else:
-            need(isinstance(self.lyapunov_tol, (int, float)) and not isinstance(self.lyapunov_tol, bool)
-                 and math.isfinite(self.lyapunov_tol) and self.lyapunov_tol > 0,
-                 f"lyapunov_tol must be a number > 0, 'auto' or None, got {self.lyapunov_tol!r}; e.g. 1e-3")
-        need(isinstance(self.lyapunov_check_every, int) and not isinstance(self.lyapunov_check_every, bool)
-             and self.lyapunov_check_every >= 1, f"lyapunov_check_every must be an integer ≥ 1, got {self.lyapunov_check_every!r}")
-        need(self.lyapunov_warm_start in ("jacobian", "random"),
-             f"lyapunov_warm_start must be 'jacobian' or 'random', got {self.lyapunov_warm_start!r}")
-        need(self.lyapunov_warmup < self.lyapunov_steps, f"lyapunov_warmup ({self.lyapunov_warmup}) must be below lyapunov_steps ({self.lyapunov_steps})")
+            need(is_number(self.lyapunov_tol) and self.lyapunov_tol > 0, "lyapunov_tol",
+                 "a number > 0, 'auto' or null (no convergence test)", "e.g. lyapunov_tol=0.001")
+        need_int(s, "lyapunov_check_every", self.lyapunov_check_every, 1)
+        need(self.lyapunov_warm_start in ("jacobian", "random"), "lyapunov_warm_start", "'jacobian' or 'random'")
+        need(self.lyapunov_warmup < self.lyapunov_steps, "lyapunov_warmup", f"below lyapunov_steps ({self.lyapunov_steps})",
+             "the warm-up steps are discarded before averaging")
         if self.params is not None:
-            need(isinstance(self.params, (list, tuple)) and all(isinstance(p, str) for p in self.params),
-                 f"params must be a list of name patterns or None, got {self.params!r}")
+            need(isinstance(self.params, (list, tuple)) and len(self.params) > 0
+                 and all(isinstance(p, str) and p for p in self.params),
+                 "params", "a non-empty list of name patterns, or null for all parameters")
         return self

@@ -215,18 +215,11 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
 
     Without a path the dataclass defaults are used (overrides still apply).
     """
-    from sdcompress.recipe import from_dict, load_recipe, parse_override
+    from sdcompress.recipe import apply_overrides, from_dict, load_recipe
 
     if path is not None:
         return load_recipe(path, overrides, cls=cls)
-    data: dict[str, Any] = {}
-    for text in overrides:
-        keys, value = parse_override(text, cls)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    return from_dict(cls, data, source="--set")
+    return from_dict(cls, apply_overrides({}, overrides, cls), source="--set")
 
 
 def write_rows_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:

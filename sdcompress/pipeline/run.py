@@ -22,6 +22,19 @@ unfinished folder whose config.json differs is refused too (it names the fields)
 or ranks, an unloadable model or dataset, and a diverging EoS training of a built-in are
 refused before the folder is created.
 
+One run per folder: the run holds an exclusive lock on its folder
+(:class:`sdcompress.io.FolderLock`, ``.sdcompress.lock``) from before it looks at the
+folder until it returns, so a second run on the same folder, ``--overwrite`` or not, is
+refused at once with one line naming the holder (pid, start time) and never mixes its
+files with the first's. A lock left by a killed run is not held (the kernel drops it) and
+is taken over, and that run's temporary names (``.NAME.*.tmp``) are removed. The output
+location is checked first (a regular file or an unwritable place is refused before
+anything runs); a fresh run that fails before its first artifact leaves no folder.
+
+A network that did not train (0 steps) or ended at chance level
+(:mod:`sdcompress.train.quality`) is refused with :class:`UntrainedError` before its
+folder gets any artifact, unless ``allow_untrained`` (then the report's verdict says so).
+
 Built-in models (``tiny-gpt2``, ``mlp``, ``modular-mlp``) are trained to the edge of
 stability by :func:`sdcompress.train.cache.pretrained_builtin` (cached between runs);
 other models get a short constant-η SGD phase from their checkpoint (``train.steps``).
@@ -37,13 +50,17 @@ from typing import Any
 from sdcompress.data import BatchStream
 from sdcompress.estimator.result import SDEstimate
 from sdcompress.evaluate import EvalReport, verdict
-from sdcompress.io import write_json_atomic
+from sdcompress.errors import UntrainedError
+from sdcompress.io import FolderLock, check_writable, make_dirs, remove_created, write_json_atomic
 from sdcompress.models import LoadedModel
 from sdcompress.pipeline.config import RunConfig, resolve_device
-from sdcompress.pipeline.folder import CONFIG_FILE, clear_run, prepare_folder
+from sdcompress.pipeline.folder import CONFIG_FILE, clear_leftovers, clear_run, prepare_folder
+from sdcompress.pipeline.preflight import run_preflight
 from sdcompress.pipeline.stages import (
+    Trained,
     finish_training,
     load_trained,
+    needs_subspace,
     stage_compress_final,
     stage_estimate,
     stage_tries,
@@ -51,6 +68,7 @@ from sdcompress.pipeline.stages import (
 )
 from sdcompress.plan import Plan
 from sdcompress.report import RunReport, environment, render_run
+from sdcompress.train.quality import TrainingQuality, assess_train_log
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +82,30 @@ def run_pipeline(config: RunConfig) -> RunReport:
 
     Raises:
         ConfigError: invalid settings.
+        OutputError: the output location is a regular file or cannot be written.
+        FolderLockedError: another live run holds the folder.
         OutputExistsError: see :func:`prepare_folder`.
+        UntrainedError: training ended at chance level or did not happen (see ``allow_untrained``).
         ModelError, DataError, OfflineError: the model or data cannot be loaded.
         DivergenceError: training diverged.
     """
     cfg = config.resolved()
     device = resolve_device(cfg.device)
-    tolerance = cfg.plan.tolerance if cfg.plan.tolerance is not None else cfg.evaluate.tolerance
     folder = Path(cfg.output.dir)
+    check_writable(folder)
+    created = make_dirs(folder)  # the lock lives in the folder; removed again if this run leaves nothing
+    try:
+        with FolderLock(folder, what="run folder"):
+            for path in clear_leftovers(folder):
+                logger.info("removed %s, left by an interrupted run", path.name)
+            return _run_locked(cfg, folder, device)
+    finally:
+        remove_created(created)  # only where empty: a failed fresh run leaves nothing behind
+
+
+def _run_locked(cfg: RunConfig, folder: Path, device: Any) -> RunReport:
+    """:func:`run_pipeline` once the folder's lock is held."""
+    tolerance = cfg.plan.tolerance if cfg.plan.tolerance is not None else cfg.evaluate.tolerance
     cfg_dict = cfg.to_dict()
     resuming = prepare_folder(folder, cfg_dict, cfg.output.overwrite)
     timings: dict[str, float] = {}
@@ -79,19 +113,23 @@ def run_pipeline(config: RunConfig) -> RunReport:
     logger.info("[1/5] model and training (%s on %s)", cfg.model.name, cfg.data.name)
     # what can fail on bad input (model, data, EoS training of a built-in) runs before the folder is touched
     trained = load_trained(cfg, folder if resuming else None, device)  # checks targets first
-    if cfg.output.overwrite and folder.exists():
+    quality = _check_quality(cfg, trained) if not trained.pending else None
+    if cfg.output.overwrite:
         clear_run(folder)
     fresh = not (folder / CONFIG_FILE).exists()
-    folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / CONFIG_FILE, cfg_dict)
     logger.info("run folder: %s%s", folder, " (resuming)" if resuming else "")
     try:
+        # pre-flight: time a gradient and a product, predict every stage, pick settings that fit (or refuse)
+        # (it predicts the full run, also for a dry run, which then stops before the Lyapunov stage)
+        cfg, pre = run_preflight(cfg, trained, folder, device, lyapunov=needs_subspace(cfg))
+        pending = trained.pending
         trained = finish_training(cfg, trained, folder)
+        if pending:
+            quality = _check_quality(cfg, trained)
     except BaseException:
         if fresh:  # a new run that failed in its first stage leaves nothing behind
             clear_run(folder)
-            if not any(folder.iterdir()):
-                folder.rmdir()
         raise
     loaded, data = trained.loaded, trained.data
     timings["train"] = time.perf_counter() - t
@@ -99,7 +137,8 @@ def run_pipeline(config: RunConfig) -> RunReport:
     t = time.perf_counter()
     logger.info("[2/5] estimate: SD and the dominant Lyapunov subspace")
     stream = BatchStream(data.train, cfg.data.batch_size, seed=cfg.data.seed, replacement=cfg.data.replacement)
-    est, lyap, before = stage_estimate(cfg, folder, loaded, data, stream)
+    use_lyapunov = (pre is None or pre.settings.get("lyapunov", True)) and not cfg.dry_run
+    est, lyap, before = stage_estimate(cfg, folder, loaded, data, stream, lyapunov=use_lyapunov)
     timings["estimate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -107,7 +146,7 @@ def run_pipeline(config: RunConfig) -> RunReport:
     result = stage_tries(cfg, folder, loaded, data, est, lyap, before, tolerance)
     timings["plan+compress"] = time.perf_counter() - t
     if cfg.dry_run:
-        return _dry_report(cfg, loaded, est, before, result.plan, tolerance, train_summary(trained.log, trained.phase))
+        return _dry_report(cfg, loaded, est, before, result.plan, tolerance, _training(trained, quality), pre)
 
     t = time.perf_counter()
     logger.info("[4/5] save the compressed model and re-measure SD")
@@ -115,23 +154,67 @@ def run_pipeline(config: RunConfig) -> RunReport:
     timings["final"] = time.perf_counter() - t
     v = verdict(before.test_loss, after.test_loss, tolerance, gap_before=before.gap, gap_after=after.gap,
                 sd_before=est.sd, sd_after=after.sd, d_before=est.d, d_after=after.d)
+    verdict_dict = v.to_dict()
+    if quality is not None and quality.untrained:  # allowed by allow_untrained: the report says so first
+        verdict_dict["message"] = f"UNTRAINED network (allow_untrained): {quality.reason}; {v.message}"
+        verdict_dict["untrained"] = quality.reason
     report = RunReport(
         model=cfg.model.name, dataset=str(cfg.data.name),
         sd_before=float(est.sd), sd_after=after.sd, d_before=int(est.d), d_after=after.d,
         test_loss_before=before.test_loss, test_loss_after=after.test_loss,
         params_before=compression["params_before"], params_after=compression["params_after"],
         bytes_before=compression["bytes_before"], bytes_after=compression["bytes_after"],
-        verdict=v.to_dict(), plan=_plan_summary(result.plan), compression=compression,
+        verdict=verdict_dict, plan=_plan_summary(result.plan), compression=compression,
         evaluation_before={**before.to_dict(), "estimate": None}, evaluation_after={**after.to_dict(), "estimate": None},
-        estimate=_estimate_summary(est, lyap), training=train_summary(trained.log, trained.phase), tries=result.tries,
+        estimate=_estimate_summary(est, lyap), training=_training(trained, quality), tries=result.tries,
         config=cfg_dict,
         environment=environment(str(device)), wall_time_s=timings,
+        preflight=None if pre is None else pre.to_dict(),
     )
     logger.info("[5/5] report")
     report.save(folder)
     render_run(folder)
-    logger.info("%s", v.message)
+    logger.info("%s", verdict_dict["message"])
     return report
+
+
+def _n_outputs(trained: Trained) -> int | None:
+    """K of the chance level: the classes of a classifier, the vocabulary of a language model."""
+    info = trained.data.info
+    if trained.loaded.task == "classification":
+        k = info.get("n_classes")
+    else:
+        k = info.get("vocab_size") or getattr(getattr(trained.loaded.model, "config", None), "vocab_size", None)
+    return int(k) if k else None
+
+
+def _check_quality(cfg: RunConfig, trained: Trained) -> TrainingQuality | None:
+    """Refuse a network that did not train (steps = 0) or ended at chance level, unless
+    ``cfg.allow_untrained`` (then a warning, and the report says so).
+
+    A checkpoint used as it is (no SGD phase, no log) was trained elsewhere: not judged.
+
+    Raises:
+        UntrainedError: the network is untrained and ``allow_untrained`` is false.
+    """
+    if not trained.log:
+        return None
+    quality = assess_train_log(trained.log, _n_outputs(trained))
+    if not quality.untrained:
+        return quality
+    if getattr(cfg, "allow_untrained", False):
+        logger.warning("%s; continuing because allow_untrained is set (the report says so)", quality.reason)
+        return quality
+    fix = "pass --steps > 0" if quality.steps == 0 else "use a smaller --lr or more --steps"
+    raise UntrainedError(f"{quality.reason}: SD, the plan and the verdict of such a network mean nothing; {fix}, "
+                         "or pass --allow-untrained to study it anyway")
+
+
+def _training(trained: Trained, quality: TrainingQuality | None) -> dict[str, Any]:
+    summary = train_summary(trained.log, trained.phase)
+    if quality is not None:
+        summary["quality"] = quality.to_dict()
+    return summary
 
 
 def _plan_summary(plan: Plan) -> dict[str, Any]:
@@ -152,7 +235,7 @@ def _estimate_summary(est: SDEstimate, lyap: SDEstimate | None) -> dict[str, Any
 
 
 def _dry_report(cfg: RunConfig, loaded: LoadedModel, est: SDEstimate, before: EvalReport, plan: Plan,
-                tolerance: float, training: dict[str, Any]) -> RunReport:
+                tolerance: float, training: dict[str, Any], pre: Any = None) -> RunReport:
     from sdcompress.compress import count_storage
 
     params, n_bytes = count_storage(loaded.model)
@@ -164,7 +247,7 @@ def _dry_report(cfg: RunConfig, loaded: LoadedModel, est: SDEstimate, before: Ev
         verdict={"preserved": None, "tolerance": tolerance, "message": "dry run: plan.json written, nothing compressed "
                  "(sizes after are the plan's predictions)"},
         plan=_plan_summary(plan), evaluation_before=before.to_dict(), estimate=_estimate_summary(est, None),
-        training=training, config=cfg.to_dict(),
+        training=training, config=cfg.to_dict(), preflight=None if pre is None else pre.to_dict(),
     )
 
 

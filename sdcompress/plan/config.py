@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from sdcompress.config import FieldError, Validated, is_int, is_number, need_int
 from sdcompress.errors import ConfigError
+from sdcompress.models.targets import compile_pattern
 
 #: planner names accepted by ``PlanConfig.strategy`` (the schema's ``KNOWN_STRATEGIES``
 #: less "manual", which is what a hand-set ``target_rank`` records)
@@ -24,16 +26,11 @@ BUDGET_KEYS = ("params_fraction", "bytes_fraction")
 SUPPORTED_BITS = (8, 4)
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+_is_int = is_int
 
 
 @dataclass
-class PlanConfig:
+class PlanConfig(Validated):
     """Settings of the planner.
 
     Attributes:
@@ -80,6 +77,8 @@ class PlanConfig:
         curvature_probes: Hutchinson probes per minibatch for the per-module traces.
     """
 
+    SECTION: ClassVar[str] = "plan"
+
     target_rank: int | Literal["auto", "off"] = "auto"
     prune: float | Literal["auto", "off"] = "off"
     bits: int | Literal["auto", "off"] = "off"
@@ -100,9 +99,6 @@ class PlanConfig:
     clip_rank: bool = False
     curvature_batches: int = 2
     curvature_probes: int = 8
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     # -- derived views ---------------------------------------------------------------
     @property
@@ -144,59 +140,66 @@ class PlanConfig:
         return replace(self, **kw)
 
     def validate(self) -> "PlanConfig":
-        """Check every setting; returns ``self`` so calls chain.
+        """Check every setting; returns ``self`` so calls chain (run on construction).
 
         Raises:
-            ConfigError: naming the setting, the value received and what is allowed.
+            FieldError: naming the setting (``plan.NAME``), the value received and what is allowed.
+            ConfigError: two settings that contradict each other.
         """
+        s = self.SECTION
         tr = self.target_rank
         if isinstance(tr, str) and tr not in ("auto", "off") or not isinstance(tr, str) and (not _is_int(tr) or tr < 1):
-            raise ConfigError(f"target_rank must be 'auto', 'off' or a positive integer, got {tr!r}")
+            raise FieldError(s, "target_rank", "'auto', 'off' or a positive integer", tr)
         pr = self.prune
-        if isinstance(pr, str) and pr not in ("auto", "off") or not isinstance(pr, str) and (not _is_num(pr) or not 0 < pr <= 1):
-            raise ConfigError(f"prune must be 'auto', 'off' or the fraction of weights kept in (0, 1], got {pr!r}")
+        if isinstance(pr, str) and pr not in ("auto", "off") or not isinstance(pr, str) and (not is_number(pr) or not 0 < pr <= 1):
+            raise FieldError(s, "prune", "'auto', 'off' or the fraction of weights kept, in (0, 1]", pr)
         b = self.bits
         if isinstance(b, str) and b not in ("auto", "off") or not isinstance(b, str) and (not _is_int(b) or b not in SUPPORTED_BITS):
-            raise ConfigError(f"bits {b!r} is not supported; use 8, 4, 'auto' or 'off'")
+            raise FieldError(s, "bits", "8, 4, 'auto' or 'off'", b)
+        if self.strategy not in STRATEGIES:
+            raise FieldError(s, "strategy", f"one of {list(STRATEGIES)}", self.strategy)
         if self.rank_mode != "off" and self.prune_mode != "off" and self.strategy == "sd":
             raise ConfigError(
                 f"target_rank={tr!r} and prune={pr!r} both cut the same weights; a module is low-rank or pruned, "
                 "not both: pass --target-rank off to prune (or --prune off)"
             )
-        if self.tolerance is not None and (not _is_num(self.tolerance) or not self.tolerance > 0 or not math.isfinite(self.tolerance)):
-            raise ConfigError(f"tolerance must be a positive number of nats of test loss, got {self.tolerance!r}")
+        if self.tolerance is not None and (not is_number(self.tolerance) or not self.tolerance > 0):
+            raise FieldError(s, "tolerance", "a positive number of nats of test loss, or null", self.tolerance)
         for name in ("targets", "ignore"):
             pats = getattr(self, name)
             if pats is None and name == "targets":
                 continue
             if not isinstance(pats, (list, tuple)) or not all(isinstance(p, str) and p for p in pats):
-                raise ConfigError(f"{name} must be a list of module names or 're:<regex>' patterns, got {pats!r}")
+                raise FieldError(s, name, "a list of module names or 're:<regex>' patterns", pats)
+            for p in pats:
+                try:
+                    compile_pattern(p)
+                except ConfigError as exc:
+                    raise FieldError(s, name, "a list of module names or valid 're:<regex>' patterns", p, str(exc)) from None
         if not isinstance(self.budget, dict):
-            raise ConfigError(f"budget must be a mapping such as {{'params_fraction': 0.5}}, got {self.budget!r}")
+            raise FieldError(s, "budget", "a mapping such as {'params_fraction': 0.5}", self.budget)
         unknown = sorted(set(self.budget) - set(BUDGET_KEYS))
         if unknown or len(self.budget) > 1:
-            raise ConfigError(f"budget takes one of {list(BUDGET_KEYS)}, got {self.budget!r}")
+            raise FieldError(s, "budget", f"one entry, with key one of {list(BUDGET_KEYS)}", self.budget)
         for k, v in self.budget.items():
-            if not _is_num(v) or not 0 < v <= 1:
-                raise ConfigError(f"budget {k} must be in (0, 1], got {v!r}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy {self.strategy!r} is unknown; choose one of {list(STRATEGIES)}")
-        if not _is_num(self.sd_scale) or not self.sd_scale > 0:
-            raise ConfigError(f"sd_scale must be > 0, got {self.sd_scale!r}")
-        if not _is_num(self.subspace_weighting) or not 0 <= self.subspace_weighting < 1:
-            raise ConfigError(f"subspace_weighting must be in [0, 1), got {self.subspace_weighting!r}")
-        if not _is_num(self.near_full) or not 0 < self.near_full <= 1:
-            raise ConfigError(f"near_full must be in (0, 1], got {self.near_full!r}")
+            if not is_number(v) or not 0 < v <= 1:
+                raise FieldError(s, f"budget.{k}", "in (0, 1]", v, "the fraction of the target weights kept")
+        if not is_number(self.sd_scale) or not self.sd_scale > 0:
+            raise FieldError(s, "sd_scale", "> 0", self.sd_scale)
+        if not is_number(self.subspace_weighting) or not 0 <= self.subspace_weighting < 1:
+            raise FieldError(s, "subspace_weighting", "in [0, 1)", self.subspace_weighting)
+        if not is_number(self.near_full) or not 0 < self.near_full <= 1:
+            raise FieldError(s, "near_full", "in (0, 1]", self.near_full)
+        need_int(s, "seed", self.seed, 0)
         for name in ("curvature_batches", "curvature_probes"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 0:
-                raise ConfigError(f"{name} must be an integer ≥ 0, got {v!r}")
+            need_int(s, name, getattr(self, name), 0)
         for name in ("group_size", "max_tries", "fisher_batches"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        if not _is_num(self.growth) or not self.growth > 1:
-            raise ConfigError(f"growth must be > 1 (each closed-loop try keeps more), got {self.growth!r}")
+            need_int(s, name, getattr(self, name), 1)
+        if not is_number(self.growth) or not self.growth > 1:
+            raise FieldError(s, "growth", "> 1", self.growth, "each closed-loop try keeps more")
+        for name in ("below_floor", "clip_rank"):
+            if not isinstance(getattr(self, name), bool):
+                raise FieldError(s, name, "true or false", getattr(self, name))
         return self
 
 

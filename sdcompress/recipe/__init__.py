@@ -44,7 +44,7 @@ from sdcompress.recipe.loader import (
     resolve_recipe,
     save_resolved_recipe,
 )
-from sdcompress.recipe.schema import from_dict, parse_override, to_dict
+from sdcompress.recipe.schema import apply_overrides, from_dict, parse_override, to_dict
 from sdcompress.recipe.yamlio import dump_yaml, load_yaml_text, read_yaml
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "PRESET_KEYS",
     "PRESETS_ENV",
     "RESOLVED_RECIPE_FILE",
+    "apply_overrides",
     "dump_recipe",
     "dump_yaml",
     "find_preset",

@@ -13,13 +13,12 @@ from sdcompress.errors import ConfigError
 from sdcompress.io import write_text_atomic
 from sdcompress.recipe.schema import (
     Invalid,
+    apply_overrides,
     convert_dataclass,
     dataclass_fields,
     describe_value,
     from_dict,
     join_path,
-    parse_override,
-    set_path,
     strip_optional,
     to_dict,
 )
@@ -159,10 +158,7 @@ def resolve_recipe(
         logger.info("extra presets from $%s: %s", PRESETS_ENV, ", ".join(from_env))
     for name in [*presets, *from_env]:
         data = _merge(data, _expand({"preset": name}, cls, path, "", (path.resolve(),)))
-    for text in overrides:
-        keys, value = parse_override(text, cls)
-        set_path(data, keys, value)
-    return data
+    return apply_overrides(data, overrides, cls)
 
 
 def load_recipe(

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
+from sdcompress.config import FieldError, Validated
 from sdcompress.errors import ConfigError
 from sdcompress.recipe.yamlio import load_yaml_text
 
@@ -190,12 +191,15 @@ def convert_dataclass(value: Any, cls: type, where: str, build: bool) -> Any:
         raise Invalid(where, f"missing required key(s): {', '.join(missing)}")
     try:
         obj = cls(**out)
-        # the dataclass's own range checks: __post_init__ above, or a validate() method
-        # (TrainConfig, EstimateConfig, PlanConfig), so a recipe fails at load time, naming the file
+        # the dataclass's own range checks (the toolkit's configs run them in __post_init__;
+        # other dataclasses may have a validate() method), so a recipe fails at load time
         validate = getattr(obj, "validate", None)
-        if callable(validate):
+        if callable(validate) and not isinstance(obj, Validated):
             validate()
         return obj
+    except FieldError as exc:  # named by its path in this recipe: "train.lr: must be > 0, got 0"
+        own = exc.section == getattr(cls, "SECTION", None)  # else raised by a section below cls
+        raise Invalid(join_path(where, exc.name if own else exc.key), exc.detail) from exc
     except ConfigError as exc:
         raise Invalid(where, str(exc)) from exc
     except (TypeError, ValueError) as exc:
@@ -368,3 +372,25 @@ def set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
             node[key] = {}
         node = node[key]
     node[keys[-1]] = to_dict(value)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to plain data, each read by its field's type.
+
+    The one ``--set`` loop (the recipe loader, the main job's CLI and the experiments use it).
+
+    Args:
+        data: the plain mapping (e.g. :func:`to_dict` of a config), changed in place.
+        overrides: the ``--set`` strings, applied in order.
+        cls: the root dataclass the keys are fields of.
+
+    Returns:
+        ``data``.
+
+    Raises:
+        ConfigError: see :func:`parse_override`.
+    """
+    for text in overrides:
+        keys, value = parse_override(text, cls)
+        set_path(data, keys, value)
+    return data

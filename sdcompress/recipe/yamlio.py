@@ -5,6 +5,12 @@ string, ``1:20`` is 80 and ``010`` is 8. Recipes hold values such as ``bits: off
 ``lr: 1e-3``, so the loader here reads scalars as YAML 1.2 does (only ``true``/``false``
 are booleans; ``1e-3`` is a float; decimal and ``0x`` integers only), refuses duplicate
 keys, and the dumper quotes every string that either reading would take for something else.
+
+Hostile input: a recipe is plain data. Tags that build Python objects are refused (a
+SafeLoader), binary files and empty files are refused, and so are documents larger than
+:data:`MAX_YAML_CHARS` or whose aliases expand to more than :data:`MAX_YAML_NODES` nodes
+(a "billion laughs" alias bomb builds a tiny graph that every later walk of the data,
+copy or JSON dump, would expand exponentially).
 """
 
 from __future__ import annotations
@@ -16,6 +22,11 @@ from typing import Any
 import yaml
 
 from sdcompress.errors import ConfigError
+
+#: largest recipe/override text read (characters); recipes are a few kB
+MAX_YAML_CHARS = 1_000_000
+#: largest number of nodes a document may hold once its aliases are expanded
+MAX_YAML_NODES = 100_000
 
 
 class _Loader(yaml.SafeLoader):
@@ -71,30 +82,85 @@ def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.SequenceNo
 _Dumper.add_representer(list, _represent_list)
 
 
+def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
+    """Nodes in ``node`` with every alias expanded (shared subgraphs counted each time
+    they are referenced), computed in time linear in the graph; stops past ``limit``."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = limit + 1  # a node inside itself (recursive alias) is unbounded
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children: list[yaml.Node] = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, memo, limit)
+        if total > limit:
+            break
+    memo[key] = total
+    return total
+
+
 def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML ``text`` as plain data (module docstring).
+
+    Raises:
+        ConfigError: not valid YAML, too large, or an alias bomb.
+    """
+    if len(text) > MAX_YAML_CHARS:
+        raise ConfigError(f"{source}: {len(text):,} characters is too large for a recipe (at most {MAX_YAML_CHARS:,}); "
+                          "is this the right file?")
+    loader = _Loader(text)
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise ConfigError(f"{source}: its YAML aliases (&anchor / *alias) expand to more than {MAX_YAML_NODES:,} "
+                              "values (an alias bomb?); write the values out without nested aliases")
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
         raise ConfigError(f"{source}: not valid YAML: {detail}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{source}: nested too deeply to be a recipe") from exc
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file holding a mapping (an empty file is an empty mapping).
+    """A YAML file holding a mapping.
+
+    An empty file (or one holding only comments) is refused rather than read as "all
+    defaults": running the default job because a recipe came out empty would hide the
+    mistake.
 
     Raises:
-        ConfigError: the file is missing, unreadable, not YAML, or not a mapping.
+        ConfigError: the file is missing, unreadable, binary, empty, not YAML, or not a mapping.
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(f"recipe file {str(path)!r} does not exist; check the path (recipes ship in recipes/)") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"recipe file {str(path)!r} is a folder; pass a YAML file (recipes ship in recipes/)") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read recipe file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        if b"\0" in raw:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "NUL byte")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe file {str(path)!r} is not a text YAML file (binary content at byte {exc.start}); "
+                          "pass a YAML recipe (see recipes/)") from exc
     data = load_yaml_text(text, str(path))
     if data is None:
-        return {}
+        raise ConfigError(f"recipe file {str(path)!r} is empty; write the sections to change (see recipes/), "
+                          "e.g. 'model: {name: mlp}'")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got a {type(data).__name__}")
     return data

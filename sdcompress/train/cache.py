@@ -12,8 +12,9 @@
 where <hash> covers the model name, its options and seed, and the train and data
 configs. Training happens in a hidden ``.<name>-<hash>.partial`` folder (resumable from
 its checkpoint after an interruption) that is renamed into place when finished, under a
-file lock, so concurrent processes (``pytest -n 2``) train it once and never see half a
-folder.
+file lock (``flock``, removed when released, dropped by the kernel when its process
+dies), so concurrent processes (``pytest -n 2``) train it once and never see half a
+folder, and no lock file stays behind.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from sdcompress.config import DataConfig
 from sdcompress.data import DatasetBundle
 from sdcompress.errors import ModelError
+from sdcompress.io import FolderLock, set_default_modes
 from sdcompress.models.loader import BUILTIN_MODELS, LoadedModel, load_model
 from sdcompress.train.config import TrainConfig, default_data_config, default_train_config
 from sdcompress.train.log import LOG_FILE, MODEL_DIR, TrainResult, read_train_log
@@ -99,8 +101,6 @@ def pretrained_builtin(
         ConfigError, DataError: bad settings.
         DivergenceError: the settings make SGD diverge (nothing is cached).
     """
-    from filelock import FileLock
-
     if name not in BUILTIN_MODELS:
         raise ModelError(f"{name!r} is not a built-in model; built-ins are {list(BUILTIN_MODELS)} (train others with train_sgd)")
     train_config = (train_config or default_train_config(name)).validate()
@@ -112,7 +112,8 @@ def pretrained_builtin(
     root = cache_root(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     folder = root / f"{name}-{key}"
-    with FileLock(str(root / f".{name}-{key}.lock")):
+    # flock, released by the kernel if this process dies; the lock file is removed on release
+    with FolderLock(root, what="cache entry", name=f".{name}-{key}.lock", wait=True):
         if _complete(folder):
             loaded = load_model(str(folder / MODEL_DIR))
             loaded = replace(loaded, name=name, info={**loaded.info, "trained_in": str(folder)})
@@ -127,6 +128,7 @@ def pretrained_builtin(
             result = train_sgd(loaded, data, train_config, data_config=data_config, output_dir=partial)
             if folder.exists():  # an incomplete leftover (files deleted by hand): replace it
                 shutil.rmtree(folder)
+            set_default_modes(partial)  # mkdtemp/safetensors make 0700/0600; the cache gets the usual modes
             os.replace(partial, folder)
             result = replace(result, output_dir=folder)
             loaded.info = {**loaded.info, "trained_in": str(folder)}

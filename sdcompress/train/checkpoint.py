@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sdcompress.errors import ConfigError
+from sdcompress.io import set_default_modes
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "sdcompress-train-checkpoint/1"
@@ -66,6 +67,7 @@ def save_checkpoint(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        set_default_modes(tmp)  # mkstemp and safetensors make 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -51,11 +51,10 @@ Built-in defaults (measured on this project's 2-core CPU machine, one torch thre
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
-from sdcompress.config import DataConfig
+from sdcompress.config import DataConfig, FieldError, Validated, check_step_size, is_number, need_int
 from sdcompress.errors import ConfigError
 from sdcompress.models.loader import BUILTIN_MODELS, DEFAULT_DATASET
 
@@ -63,7 +62,7 @@ DEFAULT_WEIGHT_DECAY = 1e-2
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Validated):
     """Constant-step SGD, its log, the EoS verdict and checkpoints.
 
     The step map is ``torch.optim.SGD`` with coupled weight decay: with momentum μ = 0,
@@ -86,6 +85,8 @@ class TrainConfig:
         checkpoint_every: save model + optimizer state every this many steps (and at the end).
     """
 
+    SECTION: ClassVar[str] = "train"
+
     lr: float = 0.3
     steps: int = 1500
     momentum: float = 0.0
@@ -98,43 +99,25 @@ class TrainConfig:
     checkpoint_every: int = 500
 
     def validate(self) -> "TrainConfig":
-        """Check every field; returns ``self``.
+        """Check every field; returns ``self`` (run on construction).
 
         Raises:
-            ConfigError: naming the field, the received value and the allowed range.
+            FieldError: naming the field (``train.NAME``), the received value and the fix.
         """
-        def bad(name: str, rule: str, hint: str = "") -> ConfigError:
-            value = getattr(self, name)
-            return ConfigError(f"train.{name} must be {rule}, got {value!r}" + (f"; {hint}" if hint else ""))
-
-        for name in ("lr", "momentum", "weight_decay", "eos_window", "eos_tolerance"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise bad(name, "a finite number")
-        for name in ("steps", "log_every", "sharpness_steps", "eval_batches", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise bad(name, "an integer")
-        if not self.lr > 0:
-            raise bad("lr", "> 0", "pass a positive step size, e.g. --lr 0.1")
-        if self.steps < 0:
-            raise bad("steps", "≥ 0")
+        s = self.SECTION
+        check_step_size(self.lr, self.weight_decay, section=s)
+        for name in ("momentum", "eos_window", "eos_tolerance"):
+            if not is_number(getattr(self, name)):
+                raise FieldError(s, name, "a finite number", getattr(self, name))
+        need_int(s, "steps", self.steps, 0, "the number of SGD steps, e.g. 1000")
+        for name in ("log_every", "sharpness_steps", "eval_batches", "checkpoint_every"):
+            need_int(s, name, getattr(self, name), 1)
         if not 0 <= self.momentum < 1:
-            raise bad("momentum", "in [0, 1)")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", "≥ 0")
-        if self.log_every < 1:
-            raise bad("log_every", "≥ 1")
-        if self.sharpness_steps < 1:
-            raise bad("sharpness_steps", "≥ 1")
-        if self.eval_batches < 1:
-            raise bad("eval_batches", "≥ 1")
+            raise FieldError(s, "momentum", "in [0, 1)", self.momentum, "0 for plain SGD, e.g. 0.9 for heavy ball")
         if not 0 < self.eos_window <= 1:
-            raise bad("eos_window", "in (0, 1]")
+            raise FieldError(s, "eos_window", "in (0, 1]", self.eos_window)
         if not 0 <= self.eos_tolerance < 1:
-            raise bad("eos_tolerance", "in [0, 1)")
-        if self.checkpoint_every < 1:
-            raise bad("checkpoint_every", "≥ 1")
+            raise FieldError(s, "eos_tolerance", "in [0, 1)", self.eos_tolerance)
         return self
 
     def to_dict(self) -> dict[str, Any]:

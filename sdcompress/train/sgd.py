@@ -34,6 +34,7 @@ from sdcompress.config import DataConfig
 from sdcompress.data.core import DatasetBundle, move_batch
 from sdcompress.data.stream import BatchStream
 from sdcompress.errors import ConfigError, DivergenceError, ModelError
+from sdcompress.io import set_default_modes
 from sdcompress.models.functional import check_deterministic
 from sdcompress.models.loader import LoadedModel
 from sdcompress.progress import progress
@@ -114,6 +115,7 @@ def _save_model(loaded: LoadedModel, folder: Path) -> Path:
         loaded.model.save_pretrained(tmp)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
+        set_default_modes(tmp)  # mkdtemp makes 0700, safetensors 0600
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
