@@ -98,6 +98,11 @@ CHILD = textwrap.dedent(
     refs = load_file(f"{root}/refs.safetensors")
     x = refs["x"]
     out = {"blocked": "sdcompress" not in sys.modules}
+    try:  # without trust_remote_code: transformers' own refusal, not the original class with random layers
+        AutoModelForCausalLM.from_pretrained(f"{root}/mixed")
+        out["refused_without_trust"] = "loaded"
+    except ValueError as exc:
+        out["refused_without_trust"] = str(exc)
     for kind in kinds:
         model = AutoModelForCausalLM.from_pretrained(f"{root}/{kind}", trust_remote_code=True)
         attn = model.transformer.h[0].attn
@@ -136,6 +141,7 @@ CHILD = textwrap.dedent(
         again = AutoModelForCausalLM.from_pretrained(sys.argv[3], trust_remote_code=True)
         out["resaved_equal"] = bool(torch.equal(again(x).logits, model(x).logits))
     out["still_blocked"] = "sdcompress" not in sys.modules
+    print()  # the JSON on a line of its own, after transformers' "[y/N]" prompt
     print(json.dumps(out))
     """
 )
@@ -146,11 +152,12 @@ def test_transformers_alone_loads_every_kind(folders, tmp_path):
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1",
                TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-I", "-c", CHILD, str(folders), ",".join(KINDS), str(tmp_path / "resaved")],
-                          cwd=tmp_path, env=env,
+                          cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["blocked"] and out["still_blocked"]
+    assert "trust_remote_code=True" in out["refused_without_trust"]
     for kind in KINDS:
         got = out[kind]
         assert got["class"] == "SdcompressGPT2LMHeadModel" and got["bases"][0] == "GPT2LMHeadModel", got
@@ -172,16 +179,17 @@ def test_folder_holds_the_template_and_auto_map(folders):
     assert (folder / MODELING_FILE).read_bytes() == TEMPLATE.read_bytes()
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP and config["architectures"] == ["SdcompressForCausalLM"]
-    assert config["model_type"] == "gpt2"
+    assert config["model_type"] == "sdcompress" and set(config["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
     block = config[CONFIG_KEY]
     assert block["format_version"] == 1 and block["base_class"] == "GPT2LMHeadModel" and block["dtype"] == "float32"
+    assert block["base_model_type"] == "gpt2"
     plan = Plan.from_dict(json.loads((folder / COMPRESSION_FILE).read_text())["plan"])
     assert set(block["layers"]) == {m.name for m in plan.modules}
     c_attn = block["layers"]["transformer.h.0.attn.c_attn"]
     assert c_attn == {"kind": "lowrank", "in_features": 24, "out_features": 72, "bias": True, "source": "conv1d", "rank": 5}
     dense_config = json.loads((folders / "mixed-dense" / "config.json").read_text())
     assert "auto_map" not in dense_config and CONFIG_KEY not in dense_config
-    assert dense_config["architectures"] == ["GPT2LMHeadModel"]
+    assert dense_config["architectures"] == ["GPT2LMHeadModel"] and dense_config["model_type"] == "gpt2"
     assert not list((folders / "mixed-dense").glob("*.py"))
 
 
@@ -277,10 +285,12 @@ def test_template_refuses_what_it_cannot_read():
 
 
 def test_from_config_builds_the_stored_layers_empty(folders):
-    from transformers import AutoConfig, GPT2Config, GPT2Model
+    from transformers import GPT2Config, GPT2Model
 
-    config = AutoConfig.from_pretrained(str(folders / "mixed"))
+    config = remote.SdcompressConfig.from_pretrained(str(folders / "mixed"))
+    assert config.model_type == "sdcompress" and type(config.base_config()).__name__ == "GPT2Config"
     model = remote.SdcompressForCausalLM._from_config(config, dtype="float64")
+    assert type(model.config).__name__ == "GPT2Config" and model.config.n_embd == 24
     assert type(model).__name__ == "SdcompressGPT2LMHeadModel"
     layer = model.transformer.h[0].mlp.c_fc
     assert isinstance(layer, remote.QuantizedLinear) and layer.rank == 3 and layer.bits == 4

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from sdcompress.compress.apply import apply_structure_
-from sdcompress.compress.hf_remote import write_remote_code
+from sdcompress.compress.hf_remote import strip_remote_config, write_remote_code
 from sdcompress.compress.report import CompressionReport
 from sdcompress.errors import CompressionError, PlanError
 from sdcompress.io import check_output_dir, set_default_modes, write_json_atomic, write_text_atomic
@@ -180,8 +180,15 @@ def _build_base(folder: Path, base: dict[str, Any]) -> nn.Module:
             f"{folder}: base class {base.get('class')!r} is not a transformers model class in transformers "
             f"{transformers.__version__}; install the version recorded in {COMPRESSION_FILE}"
         )
-    config = transformers.AutoConfig.from_pretrained(str(folder))
-    model = cls._from_config(config, attn_implementation="eager")
+    # a causal LM's config.json names remote code for plain transformers users (model_type
+    # "sdcompress", auto_map; see hf_remote): the toolkit never runs it, it rebuilds the original config
+    config = strip_remote_config(json.loads((folder / MODEL_CONFIG_FILE).read_text()))
+    model_type = config.get("model_type")
+    if model_type not in transformers.CONFIG_MAPPING:
+        raise CompressionError(f"{folder}/{MODEL_CONFIG_FILE}: model_type {model_type!r} is not a transformers architecture "
+                               f"in transformers {transformers.__version__}; install the version recorded in {COMPRESSION_FILE}")
+    hf_config = transformers.CONFIG_MAPPING[model_type].from_dict(config)
+    model = cls._from_config(hf_config, attn_implementation="eager")
     return model.eval()  # as from_pretrained returns it
 
 
