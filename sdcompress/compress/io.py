@@ -245,5 +245,7 @@ def load_compressed(folder: str | Path) -> LoadedModel:
     if (folder / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        # the original config: AutoTokenizer would otherwise read config.json's model_type "sdcompress"
+        # and ask whether to run the folder's code (hf_remote); the toolkit never does
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), config=model.config, trust_remote_code=False)
     return LoadedModel(model, str(folder), "lm", loss_fn=None, tokenizer=tokenizer, source="local", info=info)

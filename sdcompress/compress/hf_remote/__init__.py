@@ -155,5 +155,4 @@ def strip_remote_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["AUTO_MAP", "CONFIG_CLASS", "CONFIG_KEY", "ENTRY_CLASS", "FORMAT_VERSION", "MODELING_FILE", "MODEL_TYPE", "TEMPLATE",
-           "is_causal_lm",
-           "layer_spec", "layer_specs", "strip_remote_config", "write_remote_code"]
+           "is_causal_lm", "layer_spec", "layer_specs", "strip_remote_config", "write_remote_code"]
