@@ -185,9 +185,9 @@ def bench_lyapunov(s: dict[str, Any], ms: list[int], steps: int, repeats: int) -
     t_grad = best_time(lambda: sharded_grad(loss, batch, w), repeats=repeats)
     out: dict[str, Any] = {"gradient_s": t_grad, "d": loss.d, "steps_timed": steps}
     try:
-        from sdcompress.estimator.lyapunov import lyapunov_sd
+        from sdcompress.estimator.lyapunov_sgd import lyapunov_sd
     except ImportError as exc:
-        out["error"] = f"sdcompress.estimator.lyapunov unavailable: {exc}"
+        out["error"] = f"sdcompress.estimator.lyapunov_sgd unavailable: {exc}"
         return out
     for m in ms:
         cfg = EstimateConfig(method="lyapunov", lyapunov_exponents=m, lyapunov_steps=steps + 1, lyapunov_warmup=1)

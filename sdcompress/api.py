@@ -29,7 +29,7 @@ from sdcompress.models import LoadedModel
 from sdcompress.models import load_model as _load_plain
 from sdcompress.models.loader import COMPRESSION_FILE
 from sdcompress.pipeline import OutputConfig, RunConfig, run_pipeline
-from sdcompress.plan import CURVATURE_STRATEGIES, Plan, PlanConfig, describe_modules, make_plan, module_curvature, module_statistics
+from sdcompress.plan import Plan, PlanConfig, make_plan, planning_inputs
 from sdcompress.report import RunReport, render_run
 from sdcompress.train import TrainConfig
 
@@ -65,7 +65,8 @@ def plan_model(
     batches: list[Any] | None = None,
 ) -> Plan:
     """Plan the compression of a model: find its target modules, gather the statistics the
-    strategy needs, and call the pure planner (:func:`sdcompress.plan.make_plan`).
+    strategy needs (:func:`sdcompress.plan.planning_inputs`, the glue the pipeline uses
+    too), and call the pure planner (:func:`sdcompress.plan.make_plan`).
 
     Args:
         loaded: the model (not changed).
@@ -80,17 +81,9 @@ def plan_model(
         ConfigError, PlanError, ModelError: see the planner and the target patterns.
     """
     config = config or PlanConfig()
-    params = estimate.params if estimate is not None else None
-    modules = describe_modules(loaded.model, config.targets, config.ignore, params=list(params) if params else None)
-    stats = None
-    if config.strategy in ("energy", "fisher"):
-        stats = module_statistics(loaded.model, modules, batches if config.strategy == "fisher" else [], loss_fn=loaded.loss_fn)
-    curvature = None
-    if (config.strategy in CURVATURE_STRATEGIES and config.curvature_batches > 0 and batches
-            and (config.strategy != "sd" or config.rank_mode == "auto")):
-        curvature = module_curvature(loaded.model, modules, batches[: config.curvature_batches], loss_fn=loaded.loss_fn,
-                                     probes=config.curvature_probes, seed=config.seed)
-    return make_plan(estimate, modules, config, subspace=subspace, stats=stats, curvature=curvature)
+    inputs = planning_inputs(loaded.model, config, params=estimate.params if estimate is not None else None,
+                             fisher_batches=batches or (), curvature_batches=batches or (), loss_fn=loaded.loss_fn)
+    return make_plan(estimate, inputs.modules, config, subspace=subspace, stats=inputs.stats, curvature=inputs.curvature)
 
 
 __all__ = [

@@ -229,7 +229,8 @@ class FolderLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as exc:
-                raise OutputError(f"cannot create {str(self.path)!r}: {exc.strerror or exc}; choose a writable --output-dir") from exc
+                raise OutputError(f"cannot create the lock file {str(self.path)!r}: {exc.strerror or exc}; "
+                                  f"the {self.what}'s folder must be writable") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
             except OSError:

@@ -12,6 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ["OMP_NUM_THREADS"] = "1"  # the CLI's thread policy reads it: in-process CLI runs stay at 1 thread
 torch.set_num_threads(1)
 
 # One throw-away cache per test session, set at import time so that session- and

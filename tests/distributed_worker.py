@@ -31,8 +31,8 @@ def estimate_all() -> dict:
     batches = [(x.double(), y) for x, y in batches]
     out = {"world_size": world()[1]}
     ps = estimate_sd(model, batches, lr=LR, weight_decay=WD, config=EstimateConfig(method="ps", slq_runs=3, lanczos_steps=25, n_bootstrap=0))
-    lyap = estimate_sd(
-        model, batches, lr=LR, weight_decay=WD,
+    lyap = estimate_sd(  # one batch per step: the list is used as given, so repeat it for 6 steps
+        model, batches * 2, lr=LR, weight_decay=WD,
         config=EstimateConfig(method="lyapunov", lyapunov_exponents=4, lyapunov_steps=6, lyapunov_warmup=2, n_bootstrap=20),
     )
     for name, est in (("ps", ps), ("lyapunov", lyap)):

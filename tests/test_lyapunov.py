@@ -407,3 +407,170 @@ def test_lyapunov_sd_bad_input(digits) -> None:
         lyapunov_sd(lm.model, stream, lr=0.1)  # type: ignore[arg-type]
     with pytest.raises(DivergenceError, match="smaller step size"):
         lyapunov_sd(floss, stream, lr=1e30, config=_cfg(2, 6, 1))
+
+
+# ---------------------------------------------------------------- convergence test and warm start
+
+
+def _slow_rotation_map(d: int = 1000):
+    """x ↦ s ⊙ x: four weakly expanding axes (ln 1.003 … ln 1.001) in a bulk contracted by
+    0.998 = 1 − η·wd (η·wd = 0.002, as on the digits MLP at EoS). A random frame needs
+    ~1,000 steps to rotate out of the bulk; the bulk itself is perfectly stable."""
+    s = torch.full((d,), 0.998, dtype=F64)
+    s[:4] = torch.tensor([1.003, 1.002, 1.0015, 1.001], dtype=F64)
+    return s, np.log(s[:4].numpy())
+
+
+def test_halves_test_alone_is_fooled_by_a_frame_stuck_in_the_bulk() -> None:
+    s, _ = _slow_rotation_map()
+    res = lyapunov_spectrum(lambda x: s * x, torch.ones(len(s), dtype=F64), 4, steps=400, warmup=0, tol=1e-3,
+                            check_every=50, seed=3, jvp_fn=lambda x, Q, t: s[:, None] * Q)
+    # "converged" at the bulk's exponent: why one frame's stability is not a test
+    assert res.converged and res.steps <= 200
+    np.testing.assert_allclose(res.exponents, math.log(0.998), atol=2e-4)
+
+
+def test_two_frames_converge_to_the_closed_form_or_say_they_did_not() -> None:
+    s, closed = _slow_rotation_map()
+    d = len(s)
+    q0 = torch.zeros(d, 4, dtype=F64)
+    q0[:4] = torch.eye(4, dtype=F64)  # the warm start: the expanding axes themselves
+    kw = dict(warmup=0, tol=1e-3, check_every=50, seed=3, q0=q0, twin_seed=4, jvp_fn=lambda x, Q, t: s[:, None] * Q)
+    res = lyapunov_spectrum(lambda x: s * x, torch.ones(d, dtype=F64), 4, steps=4000, **kw)
+    assert res.converged is True
+    c = res.convergence
+    assert c["test"] == "frames" and c["passed"] and c["frames"] == 2
+    assert c["max_frame_difference"] <= 1e-3 and c["max_stderr"] <= 5e-4 and c["dimension_difference"] <= 1.0
+    # the random twin needed hundreds of steps to leave the bulk; then both agree
+    assert 600 <= res.steps < 4000 and c["burn_in"] == res.steps // 2
+    np.testing.assert_allclose(res.exponents, closed, atol=1e-12)  # the warm frame is exact here
+    np.testing.assert_allclose(c["frame_b"], closed, atol=1e-3)
+    assert res.n_jvp == 2 * 4 * res.steps
+    assert res.qr_methods == {"cholesky-qr2": 2 * res.steps}
+    # capped before the twin arrives: reported as not converged, never as a measurement
+    short = lyapunov_spectrum(lambda x: s * x, torch.ones(d, dtype=F64), 4, steps=300, **kw)
+    assert short.converged is False and short.steps == 300
+    assert short.convergence["max_frame_difference"] > 1e-3
+
+
+def test_convergence_settings_are_checked() -> None:
+    x0 = torch.zeros(4, dtype=F64)
+    with pytest.raises(EstimatorError, match="tolerance"):
+        lyapunov_spectrum(lambda x: x, x0, 2, steps=10, warmup=0, tol=-1.0)
+    with pytest.raises(EstimatorError, match="check_every"):
+        lyapunov_spectrum(lambda x: x, x0, 2, steps=10, warmup=0, tol=1e-3, check_every=0)
+    with pytest.raises(EstimatorError, match="tol"):
+        lyapunov_spectrum(lambda x: x, x0, 2, steps=10, warmup=0, twin_seed=1)
+
+
+def test_float32_state_keeps_a_float32_frame() -> None:
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(50, 50, generator=g) / 10
+    res = lyapunov_spectrum(lambda x: A @ x, torch.ones(50), 5, steps=40, warmup=10)
+    assert res.Q.dtype == torch.float32
+    ref = lyapunov_spectrum(lambda x: A.double() @ x, torch.ones(50, dtype=F64), 5, steps=40, warmup=10)
+    np.testing.assert_allclose(res.exponents, ref.exponents, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["auto", "double-backward", "vmap", "loop"])
+def test_one_graph_step_equals_gradient_and_dense_jacobian(digits, method: str) -> None:
+    from sdcompress.estimator.lyapunov_sgd import sgd_step_and_tangents
+    from sdcompress.linalg.dense import dense_hessian
+
+    lm = load_model("mlp", widths=(64, 5, 10))
+    floss = FunctionalLoss(lm.model.double(), loss_fn=lm.loss_fn)
+    batch = tuple(t.double() if t.is_floating_point() else t for t in BatchStream(digits.train, 16, seed=0).batch(0))
+    w = floss.params_vector()
+    Q = torch.linalg.qr(torch.randn(floss.d, 3, generator=torch.Generator().manual_seed(1), dtype=F64))[0]
+    lr, wd = 0.4, 0.02
+    w1, Z = sgd_step_and_tangents(floss, batch, w, Q, lr=lr, weight_decay=wd, method=method, chunk_size=2)
+    g = torch.func.grad(lambda x: floss(x, batch))(w)
+    H = dense_hessian(floss, batch, w)
+    torch.testing.assert_close(w1, w - lr * (g + wd * w), rtol=0, atol=1e-13)
+    torch.testing.assert_close(Z, (1 - lr * wd) * Q - lr * H @ Q, rtol=0, atol=1e-12)
+
+
+def test_lyapunov_sd_converges_on_the_quadratic_and_records_it() -> None:
+    d, m = 8, 3
+    U = _orthogonal(d, seed=4)
+    model = _Quadratic(U, _A_EIGS.clone(), 0.0)  # a constant Jacobian: exponents ln|1 − ηa − η·wd|
+    data = ArrayDataset({"inputs": torch.zeros(16, d, dtype=F64), "targets": torch.zeros(16, dtype=torch.long)}, "classification")
+    floss = FunctionalLoss(model, loss_fn=lambda out, _targets: out)
+    wd = 0.05
+    cfg = _cfg(m, 400, 0, lyapunov_tol="auto", lyapunov_check_every=25, lyapunov_warm_start="jacobian", n_bootstrap=0)
+    est = lyapunov_sd(floss, BatchStream(data, 4, seed=0), lr=_LR, weight_decay=wd, config=cfg)
+    closed = np.sort(np.log(np.abs(1 - _LR * wd - _LR * _A_EIGS.numpy())))[::-1][:m]
+    assert est.converged is True
+    c = est.convergence
+    tol = 0.5 * abs(math.log(1 - _LR * wd))
+    assert c["tol"] == pytest.approx(tol) and c["test"] == "frames" and c["warm_start"] == "jacobian"
+    assert c["steps"] < 400 and c["max_frame_difference"] <= tol
+    # the warm start is J's top-|σ| eigenvectors: exact from the first step
+    np.testing.assert_allclose(est.exponents, closed, atol=1e-8)
+    np.testing.assert_allclose(est.extras["warm_start_log_stretch"], closed, atol=1e-8)
+    # products: the warm start's Lanczos run plus 2m per step (the frame and its random twin)
+    assert est.n_hvp == est.extras["warm_start_hvp"] + 2 * m * c["steps"] == c["hvp"]
+    assert est.extras["n_grad"] == c["steps"]
+    d_ = est.to_dict()
+    assert d_["converged"] is True and d_["convergence"]["steps"] == c["steps"]
+
+
+@pytest.mark.parametrize("warm", ["jacobian", "random"])
+def test_lyapunov_sd_at_eos_is_not_called_converged_after_150_steps(digits, warm: str) -> None:
+    """PAPER.md §8: on the digits MLP at EoS a frame needs ~1,000 steps. A 150-step cap must
+    report "not converged", whichever frame is reported: the other one is started the other
+    way (two random frames agreed at the bulk after 50 steps, before this test existed)."""
+    from sdcompress.train import pretrained_builtin
+
+    loaded, data, result = pretrained_builtin("mlp")
+    cfg_t = result.to_dict()["config"]
+    floss = FunctionalLoss(loaded.model, loss_fn=loaded.loss_fn)
+    cfg = _cfg(8, 150, 0, lyapunov_tol="auto", lyapunov_warm_start=warm, lyapunov_check_every=50, n_bootstrap=0)
+    est = lyapunov_sd(floss, BatchStream(data.train, 64, seed=1), lr=cfg_t["lr"], weight_decay=cfg_t["weight_decay"], config=cfg)
+    assert est.converged is False
+    c = est.convergence
+    assert c["steps"] == 150 and not c["passed"] and c["warm_start"] == warm
+    assert c["max_frame_difference"] > c["tol"] or not c["frame_b_halves"]["passed"] or c["max_stderr"] > c["tol"] / 2
+
+
+def test_lyapunov_settings_are_refused_with_the_fix(digits) -> None:
+    from sdcompress.estimator import EstimateConfig
+
+    floss = FunctionalLoss(load_model("mlp", widths=(64, 4, 10)).model, loss_fn=nn.functional.cross_entropy)
+    stream = BatchStream(digits.train, 8, seed=0)
+    with pytest.raises(ConfigError, match="lyapunov_tol"):
+        lyapunov_sd(floss, stream, lr=0.1, config=_cfg(2, 5, 1, lyapunov_tol="often"))
+    with pytest.raises(ConfigError, match="lyapunov_warm_start"):
+        lyapunov_sd(floss, stream, lr=0.1, config=_cfg(2, 5, 1, lyapunov_warm_start="ritz"))
+    for bad in ({"lyapunov_tol": 0.0}, {"lyapunov_tol": "sometimes"}, {"lyapunov_check_every": 0},
+                {"lyapunov_warm_start": "hessian"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            EstimateConfig(method="lyapunov", **bad).validate()
+
+
+def test_frames_test_needs_the_dimensions_to_agree() -> None:
+    from sdcompress.estimator.lyapunov import frames_test
+
+    rng = np.random.default_rng(0)
+    base = np.array([5e-4, 4e-4, 3e-4, 2e-4])
+    # frame b: the same within 4e-4 per exponent, but its smaller ones turned negative
+    a = base + 1e-5 * rng.standard_normal((400, 4))
+    b = base - np.array([0.0, 5e-4, 9e-4, 9e-4]) + 1e-5 * rng.standard_normal((400, 4))
+    res = frames_test(a, b, 1e-3)
+    assert res["max_frame_difference"] < 1e-3 and res["max_stderr"] < 5e-4
+    assert res["dimension_frame_a"] == 4.0 and res["dimension_frame_b"] < 3.0
+    assert not res["passed"] and res["dimension_difference"] > 1.0
+    assert frames_test(a, a + 1e-6, 1e-3)["passed"]
+
+
+def test_convergence_plot_is_written(tmp_path) -> None:
+    from sdcompress.estimator.plots import CONVERGENCE_PNG, plot_estimate
+
+    d, m = 8, 3
+    model = _Quadratic(_orthogonal(d, seed=4), _A_EIGS.clone(), 0.0)
+    data = ArrayDataset({"inputs": torch.zeros(16, d, dtype=F64), "targets": torch.zeros(16, dtype=torch.long)}, "classification")
+    floss = FunctionalLoss(model, loss_fn=lambda out, _targets: out)
+    est = lyapunov_sd(floss, BatchStream(data, 4, seed=0), lr=_LR, weight_decay=0.05,
+                      config=_cfg(m, 100, 0, lyapunov_tol="auto", lyapunov_check_every=25, n_bootstrap=0))
+    paths = plot_estimate(est, tmp_path)
+    assert tmp_path / CONVERGENCE_PNG in paths and (tmp_path / CONVERGENCE_PNG).stat().st_size > 1000

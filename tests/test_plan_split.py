@@ -215,3 +215,39 @@ def test_module_curvature_against_dense_hessian():
     assert model.layers[0].weight.grad is None
     again = curvature_from_dict({k: v.to_dict() for k, v in curv.items()})
     assert again == curv
+
+
+def test_cli_mlp_auto_records_shares_and_splits_not_by_size(tmp_path):
+    """`sdcompress mlp --target-rank auto` (exact estimate): plan.json has sd_share, expansion_share and dof per module,
+    and the degrees of freedom given are not proportional to size."""
+    from sdcompress.cli.main import main
+
+    out = tmp_path / "mlp"
+    sets = ["train.steps=150", "train.log_every=50", "train.checkpoint_every=1000", "estimate.method=exact",
+            "estimate.n_batches=2", "estimate.lyapunov_exponents=2", "estimate.lyapunov_steps=4", "estimate.lyapunov_warmup=1",
+            "estimate.n_bootstrap=10", "evaluate.max_test_examples=64", "evaluate.max_train_examples=64"]
+    args = ["mlp", "--target-rank", "auto", "--output-dir", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    mods = plan["modules"]
+    assert all(m["sd_share"] is not None and m["expansion_share"] is not None and m["dof"] > 0 for m in mods)
+    assert sum(m["sd_share"] for m in mods) < 1.0 + 1e-9
+    sizes = [m["out_features"] * m["in_features"] for m in mods]
+    dof_share = [m["dof"] / sum(x["dof"] for x in mods) for m in mods]
+    size_share = [s / sum(sizes) for s in sizes]
+    assert max(abs(a - b) for a, b in zip(dof_share, size_share)) > 0.05
+    assert any("split by curvature" in n for n in plan["notes"])
+
+
+def test_stdlib_corpus_is_offline_split_by_file_and_deterministic():
+    from sdcompress.data import load_data
+
+    a = load_data("stdlib", block_size=16, max_bytes=200_000)
+    b = load_data("stdlib", block_size=16, max_bytes=200_000)
+    assert torch.equal(a.train.tensors["input_ids"], b.train.tensors["input_ids"])
+    assert a.info["bytes"] <= 200_000 and a.info["train_files"] > 0 and a.info["test_files"] > 0
+    assert a.train.tensors["input_ids"].shape[1] == 16 and int(a.train.tensors["input_ids"].max()) <= 256
+    with pytest.raises(Exception, match="max_bytes must be positive"):
+        load_data("stdlib", max_bytes=0)

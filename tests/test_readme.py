@@ -57,6 +57,9 @@ def smoke_sets() -> list[str]:
     smoke = load_yaml_text((ROOT / "configs" / "smoke.yaml").read_text(), "smoke.yaml")
     sets = []
     for section, values in smoke.items():
+        if not isinstance(values, dict):  # a top-level field such as allow_untrained
+            sets += ["--set", f"{section}={str(values).lower() if isinstance(values, bool) else values}"]
+            continue
         for key, value in values.items():
             sets += ["--set", f"{section}.{key}={value}"]
     return sets

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from sdcompress.errors import ConfigError
+from sdcompress.estimator.config import METHODS
+from sdcompress.train.log import LOG_FILE, MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("exact", "slq", "kde", "ps", "lyapunov")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +77,7 @@ def _check_args(args: argparse.Namespace) -> None:
     with under_options(ESTIMATE_OPTIONS):
         check_step_size(1.0 if args.lr is None else args.lr, 0.0 if args.weight_decay is None else args.weight_decay)
         DataConfig(batch_size=16 if args.batch_size is None else args.batch_size, block_size=args.block_size, seed=args.seed)
-    if args.from_run is not None and not (Path(args.from_run) / "train_log.json").is_file():
+    if args.from_run is not None and not (Path(args.from_run) / LOG_FILE).is_file():
         raise ConfigError(f"--from-run {args.from_run!r} holds no train_log.json: pass a folder written by 'sdcompress train'")
 
 
@@ -88,7 +89,7 @@ def _load(args: argparse.Namespace, device: Any) -> tuple[Any, Any, dict[str, An
 
     if args.from_run is not None:
         result = read_train_log(args.from_run)
-        loaded = load_model(str(Path(args.from_run) / "model"))
+        loaded = load_model(str(Path(args.from_run) / MODEL_DIR))
         data_cfg = replace(result.data_config, name=args.dataset or result.dataset, block_size=args.block_size)
         data = load_training_data(result.model, data_cfg, loaded.tokenizer)
         facts = {"lr": result.config.lr, "weight_decay": result.config.weight_decay, "batch_size": result.data_config.batch_size,

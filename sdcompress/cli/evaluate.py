@@ -10,6 +10,7 @@ import json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``sdcompress evaluate``."""
+    from sdcompress.estimator.config import METHODS
     parser.add_argument("model", metavar="MODEL", help="compressed folder (model/ of a run), save_pretrained folder, or built-in name")
     parser.add_argument("--dataset", default=None, help="dataset (default: the built-in model's own; required for other models)")
     parser.add_argument("--lr", type=float, default=None, metavar="ETA", help="η of the SGD map for SD (required unless --no-sd)")
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="minibatch size of the stream ω used for SD")
     parser.add_argument("--block-size", type=int, default=64, help="tokens per block (language models)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the minibatch stream ω and the estimator")
-    parser.add_argument("--method", default="ps", choices=["exact", "slq", "kde", "ps", "lyapunov"], help="SD estimator")
+    parser.add_argument("--method", default="ps", choices=METHODS, help="SD estimator")
     parser.add_argument("--no-sd", action="store_true", help="losses only; do not re-measure SD")
     parser.add_argument("--max-test-examples", type=int, default=None, help="cap on test examples")
     parser.add_argument("--before", default=None, metavar="JSON",

@@ -2,7 +2,7 @@
 estimates (nothing is changed; apply it with ``sdcompress compress``).
 
 RUN_OR_ESTIMATES is a run folder (its ``estimates.json``, ``lyapunov/`` and ``trained/``
-are used), a folder holding ``estimates.json``, or an ``estimates.json`` file.
+are used: the names are the pipeline's, :mod:`sdcompress.pipeline.folder`), a folder holding ``estimates.json``, or an ``estimates.json`` file.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sdcompress.cli.options import RUN_OPTIONS, under_options
 from sdcompress.cli.run import bits_arg, prune_arg, rank_arg
+from sdcompress.pipeline.folder import ESTIMATES_FILE, LYAPUNOV_DIR, TRAINED_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _estimates(source: Path):
     from sdcompress.errors import ConfigError
     from sdcompress.estimator.result import SDEstimate
 
-    folder, name = (source.parent, source.name) if source.is_file() else (source, "estimates.json")
+    folder, name = (source.parent, source.name) if source.is_file() else (source, ESTIMATES_FILE)
     if not (folder / name).is_file():
         raise ConfigError(f"{str(source)!r} holds no estimates.json; pass a run folder or an estimates file written by 'sdcompress estimate'")
     try:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from sdcompress.errors import ConfigError, OutputExistsError
     from sdcompress.estimator.result import SDEstimate
     from sdcompress.models import DEFAULT_DATASET
-    from sdcompress.plan import PlanConfig
+    from sdcompress.plan import CURVATURE_STRATEGIES, PlanConfig
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -70,12 +71,12 @@ def run(args: argparse.Namespace) -> int:
                          targets=args.targets, ignore=list(args.ignore), below_floor=args.below_floor, seed=args.seed,
                          budget={} if args.budget is None else {"params_fraction": args.budget})
     est, folder = _estimates(Path(args.source))
-    model = args.model or (str(folder / "trained") if (folder / "trained").is_dir() else None)
+    model = args.model or (str(folder / TRAINED_DIR) if (folder / TRAINED_DIR).is_dir() else None)
     if model is None:
         raise ConfigError(f"no model to read module shapes from: pass --model (the model {args.source!r} was estimated on)")
-    lyap_dir = Path(args.lyapunov) if args.lyapunov else folder / "lyapunov"
+    lyap_dir = Path(args.lyapunov) if args.lyapunov else folder / LYAPUNOV_DIR
     sub = None
-    if est.subspace is None and (lyap_dir / "estimates.json").is_file():
+    if est.subspace is None and (lyap_dir / ESTIMATES_FILE).is_file():
         sub = SDEstimate.load(lyap_dir)
     elif args.lyapunov:
         raise ConfigError(f"{args.lyapunov!r} holds no Lyapunov estimate (estimates.json with a subspace)")
@@ -84,12 +85,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"the estimate is over d = {est.d} parameters but {model!r} has a different count: "
                           "pass the model the estimate was made on (--model)")
     batches = None
-    if cfg.strategy == "fisher":
+    if cfg.strategy == "fisher" or cfg.strategy in CURVATURE_STRATEGIES and (cfg.strategy != "sd" or cfg.rank_mode == "auto"):
         name = args.dataset or DEFAULT_DATASET.get(Path(model).name) or DEFAULT_DATASET.get(getattr(loaded, "name", ""))
-        if name is None:
-            raise ConfigError("the Fisher baseline needs data: pass --dataset")
-        data = load_data(name, seed=args.seed, tokenizer=loaded.tokenizer)
-        batches = BatchStream(data.train, args.batch_size, seed=args.seed).take(cfg.fisher_batches)
+        if name is None and cfg.strategy != "sd":
+            raise ConfigError(f"the {cfg.strategy!r} baseline needs data: pass --dataset")
+        if name is not None:  # the SD plan without data keeps per-module floors (its notes say so)
+            data = load_data(name, seed=args.seed, tokenizer=loaded.tokenizer)
+            batches = BatchStream(data.train, args.batch_size, seed=args.seed).take(max(cfg.fisher_batches, cfg.curvature_batches))
     plan = plan_model(loaded, est, cfg, subspace=sub, batches=batches)
     plan.save(out)
     if not args.quiet:

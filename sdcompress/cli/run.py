@@ -62,6 +62,7 @@ def bits_arg(text: str) -> int | str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the main job."""
     from sdcompress.models import BUILTIN_MODELS
+    from sdcompress.estimator.config import METHODS
     from sdcompress.plan import STRATEGIES
 
     parser.add_argument("model", metavar="MODEL",
@@ -91,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "checkpoint of other models, whose --lr should be near 2/λ_max)")
     d.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the data config's)")
     e = parser.add_argument_group("estimate and evaluation")
-    e.add_argument("--method", default=None, choices=["exact", "slq", "kde", "ps", "lyapunov"],
+    e.add_argument("--method", default=None, choices=METHODS,
                    help="SD estimator (default: the estimate config's, ps). The main job uses "
                    + ", ".join(f"{k}={v}" for k, v in MAIN_JOB_ESTIMATE.items())
                    + " (lighter than the config defaults; raise them with --set estimate.KEY=VALUE)")
@@ -105,6 +106,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="go on when training ends at chance level or --steps is 0 (refused otherwise); the report says so")
     o.add_argument("--seed", type=int, default=None, help="seed of every stage (init, batches ω, probes); default: each config's")
     o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
+    f = parser.add_argument_group("pre-flight (times a gradient and a Hessian-vector product, predicts every stage, "
+                                  "picks settings that fit, or refuses)")
+    f.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="time the whole run may take (default: 1800 s; 0: no limit)")
+    f.add_argument("--memory-budget", type=float, default=None, metavar="GiB",
+                   help="peak memory the run may use (default: min(8 GiB, 80%% of available RAM) on CPU, "
+                   "90%% of free GPU memory on CUDA)")
+    f.add_argument("--no-preflight", action="store_true", help="run the settings as given, without the pre-flight")
+    f.add_argument("--no-adjust", action="store_true",
+                   help="pre-flight predicts and refuses what does not fit, but changes no setting")
     o.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="set any RunConfig field, type-checked (e.g. estimate.slq_runs=8, train.steps=200); repeatable")
 
@@ -152,11 +163,32 @@ def config_from_args(args: argparse.Namespace) -> Any:
         cfg = RunConfig(model=model, data=data, train=train, estimate=estimate, plan=plan, evaluate=evaluate,
                         output=output, seed=args.seed, device=args.device, dry_run=args.dry_run,
                         allow_untrained=bool(getattr(args, "allow_untrained", False)))
+    _preflight_args(cfg, args)
     if args.overrides:
         from sdcompress.recipe import apply_overrides, from_dict, to_dict
 
         cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), args.overrides, RunConfig), source="--set")
     return cfg
+
+
+def _preflight_args(cfg: Any, args: argparse.Namespace) -> None:
+    """Budgets and switches of the pre-flight (``cfg.preflight``)."""
+    from sdcompress.errors import ConfigError
+    from sdcompress.pipeline.preflight import PreflightConfig
+
+    budget = getattr(args, "time_budget", None)
+    memory = getattr(args, "memory_budget", None)
+    if budget is not None and budget < 0:
+        raise ConfigError(f"--time-budget must be ≥ 0 seconds (0: no limit), got {budget:g}")
+    if memory is not None and memory <= 0:
+        raise ConfigError(f"--memory-budget must be > 0 GiB, got {memory:g}; leave it out for the default")
+    pre = cfg.preflight
+    cfg.preflight = PreflightConfig(
+        enabled=pre.enabled and not getattr(args, "no_preflight", False),
+        time_budget_s=pre.time_budget_s if budget is None else (None if budget == 0 else budget),
+        memory_budget_gb=pre.memory_budget_gb if memory is None else memory,
+        adjust=pre.adjust and not getattr(args, "no_adjust", False),
+    )
 
 
 def print_summary(report: Any, folder: str) -> None:

@@ -16,11 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from sdcompress.errors import ConfigError, DivergenceError, OutputExistsError
+from sdcompress.train.checkpoint import CHECKPOINT_FILE
+from sdcompress.train.log import LOG_FILE, MODEL_DIR, PLOT_FILE
 
 logger = logging.getLogger(__name__)
 
 #: Files this command writes into OUT (and --overwrite removes; nothing else is touched).
-OWN_FILES = ("train_log.json", "train_log.png", "checkpoint.safetensors", "model")
+OWN_FILES = (LOG_FILE, PLOT_FILE, CHECKPOINT_FILE, MODEL_DIR)
 
 
 def _per_model(key: str, part: int = 0) -> str:
@@ -90,7 +92,7 @@ def _check_output(out: Path, fingerprint: str, overwrite: bool) -> None:
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output-dir {str(out)!r} is a file; pass a folder")
-    log = out / "train_log.json"
+    log = out / LOG_FILE
     if not log.exists():
         return
     try:

@@ -25,54 +25,31 @@ from sdcompress.compress.prune import MaskedLinear, prune_mask
 from sdcompress.compress.qlinear import QuantizedLinear
 from sdcompress.compress.report import CompressionReport, ModuleReport, count_storage
 from sdcompress.errors import CompressionError, PlanError
+from sdcompress.models.targets import compressible_modules, is_linear_like, linear_shape, why_not_compressible
 from sdcompress.plan.schema import ModulePlan, Plan, kept_count
 from sdcompress.progress import progress
 
 logger = logging.getLogger(__name__)
 
 
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # transformers is optional for the toolkit's own MLPs
-        return None
-    return Conv1D
-
-
 def linear_view(module: nn.Module) -> tuple[Tensor, Tensor | None, Source]:
     """``(W (out, in), bias, source)`` of an ``nn.Linear`` or ``Conv1D`` (weight transposed)."""
-    conv1d = _conv1d_type()
-    if conv1d is not None and isinstance(module, conv1d):
+    if not is_linear_like(module):
+        raise CompressionError(f"{type(module).__name__} is not an nn.Linear or Conv1D")
+    _, _, transposed = linear_shape(module)
+    if transposed:
         return module.weight.detach().t(), module.bias, "conv1d"
-    if isinstance(module, nn.Linear):
-        return module.weight.detach(), module.bias, "linear"
-    raise CompressionError(f"{type(module).__name__} is not an nn.Linear or Conv1D")
-
-
-def _is_linear_like(module: nn.Module) -> bool:
-    conv1d = _conv1d_type()
-    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
-
-
-def _tied_with(model: nn.Module, name: str, module: nn.Module) -> str | None:
-    """Name of another parameter that is the same tensor as ``module.weight``, if any."""
-    for pname, p in model.named_parameters(remove_duplicate=False):
-        if p is module.weight and pname != f"{name}.weight":
-            return pname
-    return None
+    return module.weight.detach(), module.bias, "linear"
 
 
 def eligible_modules(model: nn.Module) -> dict[str, tuple[int, int]]:
     """Modules ``compress_`` can replace, with their ``(out, in)`` shapes.
 
-    ``nn.Linear`` and ``Conv1D`` modules whose weight is not tied to another module.
+    These are :func:`sdcompress.models.targets.compressible_modules` (the planner's
+    candidates too): ``nn.Linear`` and ``Conv1D`` modules whose weight is not tied to
+    another module.
     """
-    out: dict[str, tuple[int, int]] = {}
-    for name, mod in model.named_modules():
-        if name and _is_linear_like(mod) and _tied_with(model, name, mod) is None:
-            w, _, _ = linear_view(mod)
-            out[name] = (w.shape[0], w.shape[1])
-    return out
+    return {name: linear_shape(mod)[:2] for name, mod in compressible_modules(model).items()}
 
 
 def _hint(name: str, eligible: dict[str, tuple[int, int]]) -> str:
@@ -89,8 +66,10 @@ def check_plan_against_model(model: nn.Module, plan: Plan) -> dict[str, nn.Modul
         name → the current module, for each planned module.
 
     Raises:
-        CompressionError: unknown or ineligible module, shape mismatch, rank too large.
-        PlanError: an otherwise invalid plan (bad bits, keep fraction, ...).
+        CompressionError: unknown or ineligible module, shape mismatch.
+        PlanError: an otherwise invalid plan (a rank above the weight's full rank, bad
+            bits, keep fraction, ...): :meth:`ModulePlan.validate`, the one check of rank
+            against shape.
     """
     modules = dict(model.named_modules())
     eligible = eligible_modules(model)
@@ -102,20 +81,15 @@ def check_plan_against_model(model: nn.Module, plan: Plan) -> dict[str, nn.Modul
         if isinstance(mod, CompressedLinear):
             raise CompressionError(f"module {mp.name!r} is already compressed ({mod.kind}); start from the original model")
         if mp.name not in eligible:
-            why = f"its weight is tied to {_tied_with(model, mp.name, mod)}" if _is_linear_like(mod) else (
-                f"it is a {type(mod).__name__}, not an nn.Linear or Conv1D")
+            why = why_not_compressible(model, mp.name, mod)
             raise CompressionError(f"module {mp.name!r} cannot be compressed: {why}; {_hint(mp.name, eligible)}")
         out_f, in_f = eligible[mp.name]
-        if mp.rank is not None and not (isinstance(mp.rank, int) and 1 <= mp.rank <= min(out_f, in_f)):
-            raise CompressionError(
-                f"rank {mp.rank!r} for module {mp.name!r} is larger than its {out_f}×{in_f} weight allows; "
-                f"use 1 ≤ rank ≤ {min(out_f, in_f)}"
-            )
         if (mp.out_features, mp.in_features) != (out_f, in_f):
             raise CompressionError(
                 f"plan says module {mp.name!r} is {mp.out_features}×{mp.in_features} (out×in) but the model's is "
                 f"{out_f}×{in_f}; the plan was made for another model: make a new plan"
             )
+        # the shapes agree, so the plan's own check of rank against shape is the model's
         mp.validate()
         found[mp.name] = mod
     return found

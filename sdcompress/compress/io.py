@@ -44,7 +44,7 @@ from sdcompress.compress.report import CompressionReport
 from sdcompress.errors import CompressionError, PlanError
 from sdcompress.io import check_output_dir, set_default_modes, write_json_atomic, write_text_atomic
 from sdcompress.models.builtin import MODEL_CONFIG_FILE, OWN_MODELS, WEIGHTS_FILE
-from sdcompress.models.loader import COMPRESSION_FILE, LoadedModel
+from sdcompress.models.loader import COMPRESSION_FILE, LoadedModel, check_safetensors, read_config_json
 from sdcompress.plan.schema import Plan
 
 FORMAT = "sdcompress-compressed"
@@ -166,8 +166,8 @@ def save_compressed(
 
 
 def _build_base(folder: Path, base: dict[str, Any]) -> nn.Module:
+    config = read_config_json(folder, CompressionError)
     if base.get("library") == "sdcompress":
-        config = json.loads((folder / MODEL_CONFIG_FILE).read_text())
         kind = config.pop("sdcompress_model", None)
         if kind not in OWN_MODELS:
             raise CompressionError(f"{folder}/{MODEL_CONFIG_FILE}: unknown sdcompress model kind {kind!r}; known: {sorted(OWN_MODELS)}")
@@ -180,14 +180,19 @@ def _build_base(folder: Path, base: dict[str, Any]) -> nn.Module:
             f"{folder}: base class {base.get('class')!r} is not a transformers model class in transformers "
             f"{transformers.__version__}; install the version recorded in {COMPRESSION_FILE}"
         )
-    # a causal LM's config.json names remote code for plain transformers users (model_type
-    # "sdcompress", auto_map; see hf_remote): the toolkit never runs it, it rebuilds the original config
-    config = strip_remote_config(json.loads((folder / MODEL_CONFIG_FILE).read_text()))
+    # the config is read here, not by AutoConfig.from_pretrained: config.json of a causal LM
+    # carries auto_map and model_type "sdcompress" (remote code for plain transformers users,
+    # see hf_remote), and the toolkit never runs it: strip_remote_config restores the original
+    config = strip_remote_config(config)
     model_type = config.get("model_type")
     if model_type not in transformers.CONFIG_MAPPING:
         raise CompressionError(f"{folder}/{MODEL_CONFIG_FILE}: model_type {model_type!r} is not a transformers architecture "
                                f"in transformers {transformers.__version__}; install the version recorded in {COMPRESSION_FILE}")
-    hf_config = transformers.CONFIG_MAPPING[model_type].from_dict(config)
+    try:
+        hf_config = transformers.CONFIG_MAPPING[model_type].from_dict(config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CompressionError(f"{folder}/{MODEL_CONFIG_FILE} is not a valid {model_type} config ({exc}); "
+                               "compress the model again") from exc
     model = cls._from_config(hf_config, attn_implementation="eager")
     return model.eval()  # as from_pretrained returns it
 
@@ -214,8 +219,8 @@ def load_compressed(folder: str | Path) -> LoadedModel:
         raise CompressionError(f"{folder} has no {COMPRESSION_FILE}: it is not a compressed model folder; "
                                "load plain models with sdcompress.models.load_model")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CompressionError(f"cannot read {meta_path}: {exc}; the folder is damaged, compress the model again") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CompressionError(f"{meta_path} is not an sdcompress compression file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
@@ -227,6 +232,11 @@ def load_compressed(folder: str | Path) -> LoadedModel:
         raise PlanError(f"{meta_path}: {exc}") from exc
     report = CompressionReport.from_dict(meta["report"]) if meta.get("report") else None
     base = meta.get("base", {})
+    for name in (MODEL_CONFIG_FILE, WEIGHTS_FILE):  # a missing file is reported as missing, not as a plan mismatch
+        if not (folder / name).is_file():
+            raise CompressionError(f"{folder} is missing {name}: the compressed model folder is incomplete; copy it again "
+                                   "or compress the model again")
+    check_safetensors(folder / WEIGHTS_FILE, CompressionError)  # truncated: named as such
     model = _build_base(folder, base)
     dtype = getattr(torch, str(base.get("dtype", "float32")), None)
     if isinstance(dtype, torch.dtype):
@@ -237,7 +247,8 @@ def load_compressed(folder: str | Path) -> LoadedModel:
     try:
         load_model(model, str(folder / WEIGHTS_FILE), strict=True)
     except (RuntimeError, OSError) as exc:
-        raise CompressionError(f"weights in {folder / WEIGHTS_FILE} do not match the stored plan: {str(exc)[:400]}") from exc
+        detail = " ".join(str(exc).split())[:400]
+        raise CompressionError(f"weights in {folder / WEIGHTS_FILE} do not match the stored plan: {detail}") from exc
     info = {"plan": plan, "report": report, "compression": meta}
     if base.get("library") == "sdcompress":
         return LoadedModel(model, str(folder), "classification", source="local", info=info)

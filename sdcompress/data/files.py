@@ -8,6 +8,7 @@ feature columns becomes a classification dataset.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,33 @@ def load_local(path: str | Path, **kwargs: Any) -> DatasetBundle:
             f"cannot read {str(path)!r}: expected files ending in one of {sorted(_BUILDERS)} (found {sorted(suffixes) or 'none'})"
         )
     builder = _BUILDERS[files[0].suffix]
-    ds = datasets.load_dataset(builder, data_files={"train": [str(f) for f in files]})
-    return from_hf_dataset(ds, str(path), **kwargs)
+    # a throw-away datasets cache: the rows end up in tensors anyway, and a shared cache
+    # would keep an Arrow copy and lock files of every file ever read (also of failed reads)
+    from datasets.utils import logging as ds_logging
+
+    verbosity, bars = ds_logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    with tempfile.TemporaryDirectory(prefix="sdcompress-datasets-") as cache:
+        try:  # datasets logs a parse error itself before raising: our one line says it instead
+            ds_logging.set_verbosity(ds_logging.CRITICAL)
+            datasets.disable_progress_bars()
+            ds = datasets.load_dataset(builder, data_files={"train": [str(f) for f in files]}, cache_dir=cache,
+                                       keep_in_memory=True)
+        except Exception as exc:  # datasets and pyarrow raise many types on malformed files
+            raise DataError(f"cannot read {str(path)!r} as {builder.upper() if builder == 'csv' else builder}: "
+                            f"{_root_cause(exc)}; fix the file or pass another --dataset") from exc
+        finally:
+            ds_logging.set_verbosity(verbosity)
+            if bars:
+                datasets.enable_progress_bars()
+        return from_hf_dataset(ds, str(path), **kwargs)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause's message on one line (datasets wraps parser errors twice)."""
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
 
 
 def load_hub(name: str, **kwargs: Any) -> DatasetBundle:
@@ -147,7 +173,9 @@ def load_hub(name: str, **kwargs: Any) -> DatasetBundle:
     repo, _, config = name.partition(":")
     advice = (
         f"dataset {name!r} is not built in, not a local path, and the Hugging Face hub is unreachable: "
-        "download it on a connected machine and pass the local file path (or set HF_HUB_OFFLINE=1 if it is in the cache)"
+        "download it on a connected machine and pass the local file path"
+        + (" (HF_HUB_OFFLINE=1 is set and it is not in the Hugging Face cache)" if hub_offline_mode()
+           else " (or set HF_HUB_OFFLINE=1 if it is in the Hugging Face cache)")
     )
     if not hub_offline_mode() and not hub_reachable():
         raise OfflineError(advice)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from sdcompress.estimator.config import EstimateConfig
-from sdcompress.estimator.estimate import BatchSource, estimate_sd
+from sdcompress.estimator.batches import BatchSource
+from sdcompress.estimator.estimate import estimate_sd
 from sdcompress.estimator.kaplan_yorke import critical_index, sharpness_dimension
 from sdcompress.estimator.result import ESTIMATES_FILE, SDEstimate
 

@@ -80,6 +80,19 @@ class EstimateConfig(Validated):
         lyapunov_exponents: m, tangent vectors tracked by ``"lyapunov"``.
         lyapunov_steps: SGD steps of ``"lyapunov"`` (warm-up included).
         lyapunov_warmup: steps discarded before averaging.
+        lyapunov_tol: convergence tolerance of the Lyapunov frame (``"auto"``:
+            ½ |ln(1 − η·wd)|, 1e-3 without weight decay; a number; ``None``: no test, run
+            all ``lyapunov_steps``). With a tolerance, ``lyapunov_steps`` is a cap, a
+            second frame started the other way (random if the reported one is warm, and
+            vice versa) rides along (twice the products per step, one gradient graph,
+            plus one warm-start Lanczos run) and the run stops once the two frames'
+            exponents and dimensions agree and are stable (see
+            :mod:`sdcompress.estimator.lyapunov_sgd`); ``SDEstimate.converged`` says
+            whether they did.
+        lyapunov_check_every: steps between convergence checks.
+        lyapunov_warm_start: ``"jacobian"`` (start the frame from the m eigenvectors of the
+            first step's Jacobian with the largest |eigenvalue|, one Lanczos run of
+            2m + 20 products) or ``"random"``.
     """
 
     SECTION: ClassVar[str] = "estimate"
@@ -110,6 +123,9 @@ class EstimateConfig(Validated):
     lyapunov_exponents: int = 16
     lyapunov_steps: int = 100
     lyapunov_warmup: int = 20
+    lyapunov_tol: float | Literal["auto"] | None = "auto"
+    lyapunov_check_every: int = 50
+    lyapunov_warm_start: Literal["jacobian", "random"] = "jacobian"
 
     def with_overrides(self, **overrides: Any) -> "EstimateConfig":
         """A copy with some fields replaced (unknown names are errors; the copy is validated).
@@ -162,6 +178,13 @@ class EstimateConfig(Validated):
         need(self.dtype in DTYPES, "dtype", f"one of {list(DTYPES)}")
         need(is_number(self.confidence) and 0 < self.confidence < 1, "confidence", "in (0, 1)")
         need(is_number(self.neutral_tol) and self.neutral_tol >= 0, "neutral_tol", "a finite number ≥ 0")
+        if isinstance(self.lyapunov_tol, str) or self.lyapunov_tol is None:
+            need(self.lyapunov_tol in ("auto", None), "lyapunov_tol", "a number > 0, 'auto' or null (no convergence test)")
+        else:
+            need(is_number(self.lyapunov_tol) and self.lyapunov_tol > 0, "lyapunov_tol",
+                 "a number > 0, 'auto' or null (no convergence test)", "e.g. lyapunov_tol=0.001")
+        need_int(s, "lyapunov_check_every", self.lyapunov_check_every, 1)
+        need(self.lyapunov_warm_start in ("jacobian", "random"), "lyapunov_warm_start", "'jacobian' or 'random'")
         need(self.lyapunov_warmup < self.lyapunov_steps, "lyapunov_warmup", f"below lyapunov_steps ({self.lyapunov_steps})",
              "the warm-up steps are discarded before averaging")
         if self.params is not None:

@@ -228,6 +228,44 @@ def kde_run_masses(measure: SpectralMeasure, grid: DensityGrid, h: float) -> np.
     return out
 
 
+def kde_block_masses(measure: SpectralMeasure, grid: DensityGrid, h: float) -> np.ndarray:
+    """(G, n_blocks) the per-block node masses (:meth:`SpectralMeasure.block_masses`)
+    smoothed by the same Gaussian kernel as :func:`kde_run_masses`; summed over blocks
+    they give that density's cell masses (up to the basis' loss of orthogonality)."""
+    u_nodes = grid.u(measure.nodes)
+    bm = measure.block_masses()
+    out = np.zeros((grid.size, bm.shape[1]))
+    for r in range(measure.n_runs):
+        sel = measure.run == r
+        cdf = ndtr((grid.u_edges[None, :] - u_nodes[sel, None]) / h)  # (k, G + 1)
+        out += np.diff(cdf, axis=1).T @ bm[sel]
+    return out
+
+
+def histogram_block_masses(measure: SpectralMeasure, grid: DensityGrid, n_bins: int) -> np.ndarray:
+    """(G, n_blocks) the per-block node masses binned like :func:`histogram_run_masses`."""
+    per = grid.size // n_bins
+    bins = np.clip(np.searchsorted(grid.u_edges[::per], grid.u(measure.nodes), side="right") - 1, 0, n_bins - 1)
+    bm = measure.block_masses()
+    binned = np.zeros((n_bins, bm.shape[1]))
+    np.add.at(binned, bins, bm)
+    return np.repeat(binned / per, per, axis=0)
+
+
+def kaplan_yorke_cell_weights(exponents: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """(G,) the share w_c ∈ [0, 1] of each cell counted by SD: 1 for the cells (sorted
+    by exponent, decreasing) before the Kaplan–Yorke crossing, the fraction of the
+    crossing cell, 0 beyond; so Σ_c w_c · masses[c] = SD of the cells."""
+    sd, j, _, w = cells_sd(exponents, masses)
+    keep = np.nonzero(masses > 0)[0]
+    order = keep[np.argsort(-exponents[keep], kind="stable")]
+    out = np.zeros(len(masses))
+    out[order[:j]] = 1.0
+    if j < len(order):
+        out[order[j]] = (sd - float(np.sum(w[:j]))) / w[j]
+    return out
+
+
 def histogram_run_masses(measure: SpectralMeasure, grid: DensityGrid, n_bins: int) -> np.ndarray:
     """(n_runs, G) masses of each run's histogram in u with ``n_bins`` bins (groups of
     G / n_bins cells), spread evenly over the cells of a bin."""

@@ -85,8 +85,9 @@ class LyapunovResult:
             estimate after each step, for convergence plots), QR order.
         d: state dimension.
         steps: total steps taken (warm-up included).
-        warmup: steps discarded before averaging.
-        n_jvp: Jacobian-vector products spent (m per step, warm-up included).
+        warmup: steps discarded before averaging (with a tolerance: the burn-in actually
+            used, max(warmup, steps // 2)).
+        n_jvp: Jacobian-vector products spent (m per step and frame, warm-up included).
         wall_time_s: wall-clock seconds.
         converged: whether the convergence test passed (``None``: no test was asked for).
         convergence: the last test's settings and statistics (see :func:`halves_test`),
@@ -249,9 +250,8 @@ def halves_test(log_stretch: np.ndarray, tol: float, *, n_blocks: int = 10) -> d
     n, m = log_stretch.shape
     out: dict[str, Any] = {"test": "halves", "tol": float(tol), "averaged_steps": int(n)}
     if n < max(4, 2 * n_blocks):
-        return {**out, "passed": False, "max_half_difference": float("nan"), "max_stderr": float("nan"),
-                "first_half": [], "second_half": [], "dimension_first_half": float("nan"),
-                "dimension_second_half": float("nan")}
+        return {**out, "passed": False, "max_half_difference": None, "max_stderr": None,
+                "first_half": [], "second_half": [], "dimension_first_half": None, "dimension_second_half": None}
     half = n // 2
     first = np.sort(log_stretch[:half].mean(axis=0))[::-1]
     second = np.sort(log_stretch[half:].mean(axis=0))[::-1]
@@ -270,6 +270,73 @@ def halves_test(log_stretch: np.ndarray, tol: float, *, n_blocks: int = 10) -> d
         "dimension_first_half": sharpness_dimension(first),
         "dimension_second_half": sharpness_dimension(second),
     }
+
+
+def frames_test(
+    log_stretch_a: np.ndarray,
+    log_stretch_b: np.ndarray,
+    tol: float,
+    Q_a: Tensor | None = None,
+    Q_b: Tensor | None = None,
+    *,
+    dim_tol: float = 1.0,
+) -> dict[str, Any]:
+    """Whether two independently started frames on one orbit found the same exponents.
+
+    A frame stuck in the weight-decay-contracted bulk is stable too (its exponents sit at
+    ln(1 − η·wd) and its halves agree), so stability alone cannot tell it from the
+    dominant subspace. Two frames started differently (e.g. a warm start and a random
+    one) agree only when both have reached the same exponents. Passes when
+    :func:`halves_test` passes for each frame and
+
+        max_i |Λ_i(frame a) − Λ_i(frame b)| ≤ tol   (sorted, over the same window)
+        and |D_Λ(frame a) − D_Λ(frame b)| ≤ dim_tol.
+
+    The dimension condition matters because the dominant exponents can be far smaller
+    than any useful ``tol`` (on the digits MLP at EoS they are 1e-5 … 1e-3): two frames
+    agreed exponent by exponent within 1e-3 after 1,050 steps while their dimensions were
+    2.2 and ≥ 16.
+
+    The principal angles between the two frames' spans are reported, not tested: the
+    exponents can agree while near-equal exponents (a gap Λ_m − Λ_{m+1} ≈ 1e-4) keep the
+    m-th direction undetermined for thousands of steps.
+
+    Args:
+        log_stretch_a, log_stretch_b: (n, m) ln R_t[i, i] of the two frames, same steps.
+        tol: absolute tolerance on the exponents.
+        Q_a, Q_b: the frames now (d, m), for the principal angles (optional).
+        dim_tol: tolerance on the two Kaplan–Yorke dimensions (directions).
+
+    Returns:
+        Frame a's :func:`halves_test` dictionary with ``"test": "frames"``,
+        ``"passed"``, ``"max_frame_difference"``, ``"dimension_difference"``, ``"frame_b"`` (frame b's sorted
+        exponents), ``"frame_b_halves"`` (its halves statistics) and, with the frames,
+        ``"max_principal_angle_deg"``.
+    """
+    a = halves_test(log_stretch_a, tol)
+    b = halves_test(log_stretch_b, tol)
+    out = {**a, "test": "frames"}
+    if len(log_stretch_a) == 0:
+        return {**out, "passed": False, "max_frame_difference": None, "frame_b": []}
+    ea = np.sort(log_stretch_a.mean(axis=0))[::-1]
+    eb = np.sort(log_stretch_b.mean(axis=0))[::-1]
+    diff = float(np.max(np.abs(ea - eb)))
+    dim_diff = abs(sharpness_dimension(ea) - sharpness_dimension(eb))
+    out.update({
+        "passed": bool(a["passed"] and b["passed"] and diff <= tol and dim_diff <= dim_tol),
+        "max_frame_difference": diff,
+        "dimension_difference": dim_diff,
+        "dim_tol": dim_tol,
+        "frame_a": ea.tolist(),
+        "frame_b": eb.tolist(),
+        "dimension_frame_a": sharpness_dimension(ea),
+        "dimension_frame_b": sharpness_dimension(eb),
+        "frame_b_halves": {key: b[key] for key in ("passed", "max_half_difference", "max_stderr")},
+    })
+    if Q_a is not None and Q_b is not None:
+        cos = torch.linalg.svdvals((Q_a.T @ Q_b).to(torch.float64)).clamp(max=1.0)
+        out["max_principal_angle_deg"] = float(torch.rad2deg(torch.arccos(cos.min())))
+    return out
 
 
 def _sorted_dimension(lam: np.ndarray) -> float:
@@ -291,6 +358,8 @@ def lyapunov_spectrum(
     tol: float | None = None,
     check_every: int = 50,
     min_steps: int = 0,
+    twin_seed: int | None = None,
+    twin_q0: Tensor | None = None,
     desc: str = "Lyapunov",
 ) -> LyapunovResult:
     """Top-m Lyapunov exponents of a differentiable map along the orbit of ``x0`` (QR method).
@@ -324,10 +393,19 @@ def lyapunov_spectrum(
             one evaluation (e.g. one gradient graph for the SGD step and its m
             Hessian-vector products); replaces ``step`` and ``jvp_fn`` in the loop.
         chunk_size: columns per ``vmap`` call of the default ``jvp_fn`` (``None``: all).
-        tol: convergence tolerance of :func:`halves_test` (``None``: run all ``steps``,
-            no test).
+        tol: convergence tolerance (``None``: run all ``steps``, no test). With ``tol``
+            the averaged window adapts: at a check after t steps it is the last half,
+            steps max(warmup, t // 2) … t − 1 (the first half is burn-in), and the test
+            is :func:`halves_test` on it, or :func:`frames_test` with ``twin_seed``.
         check_every: steps between convergence checks.
         min_steps: no check before this many steps (warm-up included).
+        twin_seed: carry a second frame, started at random from this seed, along the
+            same orbit (its m tangents go through the same ``step_jvp_fn`` call as the
+            main frame's, as one (d, 2m) block); the convergence test then also needs
+            the two frames' exponents to agree (:func:`frames_test`). Requires ``tol``.
+            The two frames must start *differently* (one warm, one random): two random
+            frames can agree while both are still stuck in a contracted bulk.
+        twin_q0: the second frame's start (d, m) instead of a random one.
         desc: label of the progress bar.
 
     Returns:
@@ -355,24 +433,41 @@ def lyapunov_spectrum(
             with torch.no_grad():
                 return f(x, t).detach(), Z
 
+    twin = twin_seed is not None or twin_q0 is not None
+    if twin and tol is None:
+        raise EstimatorError("a twin frame (twin_seed, twin_q0) is only used by the convergence test: set tol as well")
     start = time.perf_counter()
     x = x0.detach()
-    Q = _initial_frame(x, m, seed, q0)
-    log_stretch = np.empty((steps - warmup, m), dtype=np.float64)
+    frames = [_initial_frame(x, m, seed, q0)]
+    if twin:
+        frames.append(_initial_frame(x, m, 0 if twin_seed is None else twin_seed, twin_q0))
+    k = len(frames)
+    log_stretch = np.empty((k, steps, m), dtype=np.float64)  # every step; the window is cut at the end
     qr_methods: dict[str, int] = {}
     convergence: dict[str, Any] = {}
     taken = steps
+
+    def window_start(done: int) -> int:
+        return warmup if tol is None else max(warmup, done // 2)
+
+    def test(done: int) -> dict[str, Any]:
+        lo = window_start(done)
+        if k == 1:
+            return halves_test(log_stretch[0, lo:done], tol)  # type: ignore[arg-type]
+        return frames_test(log_stretch[0, lo:done], log_stretch[1, lo:done], tol, frames[0], frames[1])  # type: ignore[arg-type]
+
     for t in progress(range(steps), desc=desc, total=steps):
-        x_next, Z = step_jvp_fn(x, Q, t)
-        if Z.shape != (d, m):
-            raise EstimatorError(f"jvp_fn must return a (d, m) = ({d}, {m}) block, got {tuple(Z.shape)}")
+        x_next, Z = step_jvp_fn(x, frames[0] if k == 1 else torch.cat(frames, dim=1), t)
+        if Z.shape != (d, k * m):
+            raise EstimatorError(f"jvp_fn must return a (d, m) = ({d}, {k * m}) block, got {tuple(Z.shape)}")
         if not torch.isfinite(Z).all():
             raise DivergenceError(f"tangent vectors became non-finite at step {t}: the map diverges; use a smaller step size or fewer steps")
-        Qn, log_diag, how = qr_positive(Z.to(x.dtype))
-        Q = Qn
-        qr_methods[how] = qr_methods.get(how, 0) + 1
-        if t >= warmup:
-            log_stretch[t - warmup] = log_diag.cpu().numpy()
+        for i in range(k):
+            Qn, log_diag, how = qr_positive(Z[:, i * m : (i + 1) * m].to(x.dtype))
+            frames[i] = Qn
+            qr_methods[how] = qr_methods.get(how, 0) + 1
+            log_stretch[i, t] = log_diag.cpu().numpy()
+        del Z
         x = x_next.detach()
         if not torch.isfinite(x).all():
             raise DivergenceError(
@@ -380,24 +475,27 @@ def lyapunov_spectrum(
                 "use a smaller step size (η), fewer steps, or a start closer to the attractor"
             )
         done = t + 1
-        if tol is not None and done > warmup and done >= min_steps and (done - warmup) % check_every == 0:
-            convergence = halves_test(log_stretch[: done - warmup], tol)
-            logger.debug("step %d: %s", done, {k: convergence[k] for k in ("passed", "max_half_difference", "max_stderr")})
+        if tol is not None and done - window_start(done) >= 2 and done >= min_steps and (done - warmup) % check_every == 0:
+            convergence = test(done)
+            logger.debug("step %d: %s", done, {key: convergence[key] for key in ("passed", "max_half_difference", "max_stderr")})
             if convergence["passed"]:
                 taken = done
                 break
-    if tol is not None and (not convergence or convergence.get("averaged_steps") != taken - warmup):
-        convergence = halves_test(log_stretch[: taken - warmup], tol)
-    kept = taken - warmup
-    log_stretch = log_stretch[:kept]
-    running = np.cumsum(log_stretch, axis=0) / np.arange(1, kept + 1)[:, None]
+    lo = window_start(taken)
+    if tol is not None and (not convergence or convergence.get("averaged_steps") != taken - lo):
+        convergence = test(taken)
+    Q = frames[0]
+    warmup_used = lo
+    kept = taken - lo
+    log_stretch_main = log_stretch[0, lo:taken]
+    running = np.cumsum(log_stretch_main, axis=0) / np.arange(1, kept + 1)[:, None]
     exponents_qr = running[-1].copy()
     order = np.argsort(-exponents_qr, kind="stable")
     exponents = exponents_qr[order]
     j_star = critical_index(exponents)
     if tol is not None:
-        convergence = {**convergence, "steps": taken, "warmup": warmup, "max_steps": steps,
-                       "check_every": check_every, "min_steps": min_steps}
+        convergence = {**convergence, "steps": taken, "warmup": warmup, "burn_in": lo, "max_steps": steps,
+                       "check_every": check_every, "min_steps": min_steps, "frames": k}
     result = LyapunovResult(
         exponents=exponents,
         exponents_qr=exponents_qr,
@@ -407,12 +505,12 @@ def lyapunov_spectrum(
         lower_bound=j_star == m and m < d,
         state=x,
         Q=Q,
-        log_stretch=log_stretch,
+        log_stretch=log_stretch_main,
         running=running,
         d=d,
         steps=taken,
-        warmup=warmup,
-        n_jvp=taken * m,
+        warmup=warmup_used,
+        n_jvp=taken * m * k,
         wall_time_s=time.perf_counter() - start,
         converged=None if tol is None else bool(convergence["passed"]),
         convergence=convergence,
@@ -475,6 +573,7 @@ __all__ = [
     "StepJvpFn",
     "block_bootstrap_dimension",
     "default_jvp",
+    "frames_test",
     "halves_test",
     "lyapunov_spectrum",
     "qr_positive",

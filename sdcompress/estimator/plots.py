@@ -1,5 +1,6 @@
 """Plots of an :class:`SDEstimate`: the sorted exponents with their running sum and j*
-marked, and (density methods) the spectral density of H and of the exponents."""
+marked, (density methods) the spectral density of H and of the exponents, and (Lyapunov)
+the running exponent estimates with the convergence verdict."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sdcompress.io import save_figure_atomic
 
 EXPONENTS_PNG = "exponents.png"
 DENSITY_PNG = "density.png"
+CONVERGENCE_PNG = "lyapunov_convergence.png"
 
 
 def _figure(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -89,11 +91,41 @@ def plot_density(est: SDEstimate, path: str | Path) -> Path | None:
     return save_figure_atomic(fig, path)
 
 
+def plot_convergence(est: SDEstimate, path: str | Path) -> Path | None:
+    """Running means of the tracked Lyapunov exponents over the averaged steps, with the
+    weight-decay bulk's exponent ln|1 − η·wd| and the convergence verdict in the title;
+    ``None`` when the estimate has no running exponents.
+
+    Returns:
+        The written path, or ``None``.
+    """
+    running = est.extras.get("running_exponents")
+    if not running:
+        return None
+    r = np.asarray(running, dtype=np.float64)
+    c = est.convergence or {}
+    start = int(c.get("burn_in", est.settings.get("lyapunov_warmup", 0)) or 0)
+    steps = start + 1 + np.arange(len(r))
+    fig, ax = _figure(figsize=(7, 4))
+    ax.plot(steps, r, lw=0.8)
+    shrink = abs(1.0 - est.lr * est.weight_decay)
+    if shrink > 0:
+        ax.axhline(float(np.log(shrink)), color="C3", ls=":", lw=1, label="bulk ln|1 − η·wd|")
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_xlabel("step (running mean from the end of the burn-in)")
+    ax.set_ylabel("exponent estimate")
+    verdict = {True: f"converged after {c.get('steps')} steps", False: f"NOT converged within {c.get('steps')} steps",
+               None: "no convergence test"}[est.converged]
+    ax.set_title(f"Lyapunov exponents (m = {r.shape[1]}): {verdict}", fontsize=10)
+    ax.legend(fontsize=8)
+    return save_figure_atomic(fig, path)
+
+
 def plot_estimate(est: SDEstimate, folder: str | Path) -> list[Path]:
     """Write every plot that applies to ``est`` into ``folder``; returns the paths."""
     folder = Path(folder)
     out = [plot_exponents(est, folder / EXPONENTS_PNG)]
-    dens = plot_density(est, folder / DENSITY_PNG)
-    if dens is not None:
-        out.append(dens)
+    for extra in (plot_density(est, folder / DENSITY_PNG), plot_convergence(est, folder / CONVERGENCE_PNG)):
+        if extra is not None:
+            out.append(extra)
     return out

@@ -10,11 +10,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from sdcompress.errors import EstimatorError
 from sdcompress.io import write_json_atomic
 
 Method = Literal["exact", "slq", "kde", "ps", "lyapunov"]
 ESTIMATES_FILE = "estimates.json"
 SUBSPACE_FILE = "lyapunov_subspace.safetensors"
+#: keys :meth:`SDEstimate.to_dict` writes that are derived from the fields (not fields)
+DERIVED_KEYS = ("sd_over_d", "has_subspace")
+#: fields without a default: every estimate file has them
+REQUIRED_KEYS = ("method", "sd", "j_star", "exponents", "d", "n_hvp", "wall_time_s", "lr")
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,24 @@ class SDEstimate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SDEstimate":
-        known = {f.name for f in fields(cls)}
+        """Build from what :meth:`to_dict` wrote, strictly (as ``Plan.from_dict``).
+
+        The derived keys :meth:`to_dict` adds (``sd_over_d``, ``has_subspace``) are
+        accepted and ignored; any other key that is not a field is an error, so a file
+        from another tool or a newer version is not silently half-read.
+
+        Raises:
+            EstimatorError: not a mapping, an unknown key, or a missing required field.
+        """
+        if not isinstance(data, dict):
+            raise EstimatorError(f"an estimate must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls) if f.name != "subspace"}
+        unknown = sorted(set(data) - known - set(DERIVED_KEYS))
+        if unknown:
+            raise EstimatorError(f"unknown estimate field(s) {unknown}; known fields are {sorted(known)}")
+        missing = [f.name for f in fields(cls) if f.name in REQUIRED_KEYS and f.name not in data]
+        if missing:
+            raise EstimatorError(f"the estimate is missing the field(s) {missing}")
         kw = {k: v for k, v in data.items() if k in known}
         kw["exponents"] = np.asarray(kw["exponents"], dtype=np.float64)
         if kw.get("weights") is not None:
@@ -141,4 +163,4 @@ class SDEstimate:
         return est
 
 
-__all__ = ["ESTIMATES_FILE", "Method", "SDEstimate", "SUBSPACE_FILE", "asdict"]
+__all__ = ["DERIVED_KEYS", "ESTIMATES_FILE", "Method", "REQUIRED_KEYS", "SDEstimate", "SUBSPACE_FILE", "asdict"]

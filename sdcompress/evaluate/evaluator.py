@@ -45,6 +45,11 @@ class EvalConfig(Validated):
         max_test_examples: cap on test examples (``None``: the whole test split).
         max_train_examples: train examples used for the train loss and the gap.
         remeasure_sd: re-measure SD on the compressed model (same ω, η, estimator).
+        sliding_window: language models also get the sliding-window loss and perplexity of
+            the test text (:mod:`sdcompress.evaluate.perplexity`: each token scored once,
+            with up to ``context_length − stride`` tokens of left context).
+        context_length: tokens per window (``None``: the data's block length).
+        stride: tokens between window starts (``None``: half the context length).
     """
 
     SECTION: ClassVar[str] = "evaluate"
@@ -54,6 +59,9 @@ class EvalConfig(Validated):
     max_test_examples: int | None = None
     max_train_examples: int | None = 2048
     remeasure_sd: bool = True
+    sliding_window: bool = True
+    context_length: int | None = None
+    stride: int | None = None
 
     def validate(self) -> "EvalConfig":
         """Check every field; returns ``self`` (run on construction).
@@ -71,6 +79,15 @@ class EvalConfig(Validated):
                 need_int(s, name, v, 1, "or null for no cap" if name == "max_test_examples" else "")
         if not isinstance(self.remeasure_sd, bool):
             raise FieldError(s, "remeasure_sd", "true or false", self.remeasure_sd)
+        for name, low in (("context_length", 2), ("stride", 1)):
+            v = getattr(self, name)
+            if v is not None:
+                need_int(s, name, v, low, "tokens, or null for the default")
+        if self.context_length is not None and self.stride is not None and self.stride > self.context_length:
+            raise FieldError(s, "stride", f"at most context_length ({self.context_length})", self.stride,
+                             "e.g. stride = context_length / 2")
+        if not isinstance(self.sliding_window, bool):
+            raise FieldError(s, "sliding_window", "true or false", self.sliding_window)
         return self
 
 
@@ -82,7 +99,12 @@ class EvalReport:
         task: ``"lm"`` or ``"classification"``.
         test_loss, train_loss: mean losses (nats).
         gap: ``test_loss − train_loss``.
-        perplexity: ``exp(test_loss)`` for language models.
+        perplexity: ``exp(test_loss)`` for language models (blockwise: each block's first
+            token unscored, the others with the block's left context).
+        window_loss, window_perplexity: the sliding-window test loss (nats per token) and
+            its exponential (``None`` unless a language model with ``sliding_window``).
+        context_length, stride: the windows they were measured with.
+        window_tokens: tokens scored.
         test_accuracy, train_accuracy: for classifiers.
         n_test, n_train: examples measured.
         sd: SD re-measured (``None`` when not asked).
@@ -104,6 +126,11 @@ class EvalReport:
     d: int | None = None
     estimate: dict[str, Any] | None = field(default=None, repr=False)
     wall_time_s: float = 0.0
+    window_loss: float | None = None
+    window_perplexity: float | None = None
+    context_length: int | None = None
+    stride: int | None = None
+    window_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +139,7 @@ class EvalReport:
     def from_dict(cls, data: dict[str, Any]) -> "EvalReport":
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in data.items() if k in known}
-        for k in ("test_loss", "train_loss", "gap", "perplexity"):
+        for k in ("test_loss", "train_loss", "gap", "perplexity", "window_loss", "window_perplexity"):
             if isinstance(kw.get(k), str):  # nan / inf stored as strings
                 kw[k] = float(kw[k])
         return cls(**kw)
@@ -128,6 +155,9 @@ class EvalReport:
         extra = f", perplexity {self.perplexity:.2f}" if self.perplexity is not None else ""
         if self.test_accuracy is not None:
             extra += f", test accuracy {self.test_accuracy:.3f}"
+        if self.window_loss is not None:
+            extra += (f"; sliding window (context {self.context_length}, stride {self.stride}): loss {self.window_loss:.4f}, "
+                      f"perplexity {self.window_perplexity:.2f}")
         sd = f", SD {self.sd:.1f} of d = {self.d}" if self.sd is not None else ""
         return f"test loss {self.test_loss:.4f}{extra}, train loss {self.train_loss:.4f} (gap {self.gap:+.4f}){sd}"
 
@@ -219,13 +249,38 @@ def evaluate(
                          method=method, params=params)
         sd, d, est_dict = float(est.sd), int(est.d), est.to_dict()
     ppl = math.exp(test_loss) if loaded.task == "lm" and test_loss < 700 else (float("inf") if loaded.task == "lm" else None)
+    window: dict[str, Any] = {}
+    if loaded.task == "lm" and config.sliding_window:
+        window = test_window_perplexity(loaded, data.test, config)
     report = EvalReport(
         task=loaded.task, test_loss=test_loss, train_loss=train_loss, gap=test_loss - train_loss,
         n_test=n_test, n_train=n_train, perplexity=ppl, test_accuracy=test_acc, train_accuracy=train_acc,
-        sd=sd, d=d, estimate=est_dict, wall_time_s=time.perf_counter() - start,
+        sd=sd, d=d, estimate=est_dict, wall_time_s=time.perf_counter() - start, **window,
     )
     logger.info("evaluation: %s", report.summary())
     return report
+
+
+def test_window_perplexity(loaded: LoadedModel, test: ArrayDataset, config: EvalConfig) -> dict[str, Any]:
+    """Sliding-window loss and perplexity of the test text (the first ``max_test_examples``
+    blocks, which are consecutive pieces of one token stream), as :class:`EvalReport` fields.
+
+    Raises:
+        ConfigError: a context length longer than the model takes, or a stride above it.
+    """
+    from sdcompress.evaluate.perplexity import sliding_window_perplexity
+
+    n = len(test) if config.max_test_examples is None else min(config.max_test_examples, len(test))
+    blocks = test.take(torch.arange(n))
+    ids = blocks["input_ids"] if isinstance(blocks, dict) else blocks[0]
+    context = config.context_length or int(ids.shape[1])
+    stride = config.stride or max(1, context // 2)
+    if stride > context:
+        raise ConfigError(f"evaluate.stride ({stride}) must not exceed the context length ({context})")
+    loss, ppl, count = sliding_window_perplexity(loaded.model, ids.reshape(-1), context=context, stride=stride,
+                                                 batch_size=config.batch_size)
+    return {"window_loss": loss, "window_perplexity": ppl, "context_length": context, "stride": stride,
+            "window_tokens": count}
 
 
 def measure_sd(
@@ -248,4 +303,4 @@ def measure_sd(
     return estimate_sd(loaded.model, stream, **kwargs)
 
 
-__all__ = ["EvalConfig", "EvalReport", "dataset_metrics", "evaluate", "measure_sd"]
+__all__ = ["EvalConfig", "EvalReport", "dataset_metrics", "evaluate", "measure_sd", "test_window_perplexity"]

@@ -76,12 +76,11 @@ def compressed_test_loss(model: torch.nn.Module, estimate, bundle, cfg: TieConfi
     """Plan with ``strategy`` to keep ``fraction`` of the target parameters, compress a
     copy, and return its metrics."""
     from sdcompress.compress import compress_
-    from sdcompress.plan import PlanConfig, describe_modules, make_plan, module_statistics
+    from sdcompress.plan import PlanConfig, make_plan, planning_inputs
 
-    modules = describe_modules(model, cfg.targets)
     pcfg = PlanConfig(strategy=strategy, budget={"params_fraction": fraction}, below_floor=True, targets=cfg.targets)
-    stats = module_statistics(model, modules) if strategy != "sd" else None
-    plan = make_plan(estimate, modules, pcfg, stats=stats)
+    inputs = planning_inputs(model, pcfg)
+    plan = make_plan(estimate, inputs.modules, pcfg, stats=inputs.stats)
     clone = copy.deepcopy(model)
     report = compress_(clone, plan)
     te = classification_metrics(clone, bundle.test)

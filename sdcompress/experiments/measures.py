@@ -96,15 +96,16 @@ def density_estimates(model: nn.Module, batches: BatchStream | list[Batch], *, l
     import time
 
     from sdcompress.estimator.density_sd import density_estimate
-    from sdcompress.estimator.estimate import BatchSource
+    from sdcompress.estimator.batches import BatchSource
     from sdcompress.linalg.slq import hessian_slq
     from sdcompress.models import FunctionalLoss
 
-    cfg = cfg.validate()
     device = next(model.parameters()).device
     floss = FunctionalLoss(model, cfg.params, nn.functional.cross_entropy)
+    source = BatchSource(batches, device, None)
+    cfg = cfg.with_overrides(slq_runs=source.n_runs(cfg.slq_runs))  # a list: equal runs per batch
     start = time.perf_counter()
-    measure = hessian_slq(floss, BatchSource(batches, device, None), cfg.slq_runs, cfg.lanczos_steps,
+    measure = hessian_slq(floss, source.for_run, cfg.slq_runs, cfg.lanczos_steps,
                           chunk_size=cfg.chunk_size, method=cfg.hvp_method, seed=cfg.seed)
     wall = time.perf_counter() - start
     out = {}

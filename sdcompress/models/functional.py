@@ -8,7 +8,6 @@ everything else is held fixed at the model's current values. It is built on
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable
@@ -20,6 +19,7 @@ from torch.func import functional_call
 
 from sdcompress.data.core import Batch
 from sdcompress.errors import ModelError
+from sdcompress.models.targets import match_names
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -74,11 +74,13 @@ def select_parameters(model: nn.Module, patterns: str | Sequence[str] | None = N
 
     A pattern matches a parameter when it equals the parameter's name, equals the name
     of a module that owns it (``"transformer.h.0.attn"``), or, prefixed with ``re:``,
-    when the regular expression matches the start of the name (``re.match``). ``None``
-    selects every parameter that requires grad.
+    when the regular expression matches the start of the name (``re.match``): the rules
+    of :func:`sdcompress.models.targets.match_names`. ``None`` selects every parameter
+    that requires grad.
 
     Raises:
         ModelError: a pattern matches nothing; the message lists some real names.
+        ConfigError: an invalid ``re:`` regular expression.
     """
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     if patterns is None:
@@ -87,11 +89,7 @@ def select_parameters(model: nn.Module, patterns: str | Sequence[str] | None = N
         patterns = [patterns]
     chosen: list[str] = []
     for pattern in patterns:
-        if pattern.startswith("re:"):
-            rx = re.compile(pattern[3:])
-            hits = [n for n in names if rx.match(n)]
-        else:
-            hits = [n for n in names if n == pattern or n.startswith(pattern + ".")]
+        hits = match_names(pattern, names)
         if not hits:
             some = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             raise ModelError(

@@ -16,6 +16,7 @@ from sdcompress.errors import ConfigError
 from sdcompress.estimator import EstimateConfig
 from sdcompress.evaluate import EvalConfig
 from sdcompress.models import DEFAULT_DATASET
+from sdcompress.pipeline.preflight import PreflightConfig
 from sdcompress.plan import PlanConfig
 from sdcompress.train import TrainConfig
 
@@ -55,7 +56,8 @@ class OutputConfig(Validated):
 
 #: RunConfig's sections and their classes
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "estimate": EstimateConfig,
-                             "plan": PlanConfig, "evaluate": EvalConfig, "output": OutputConfig}
+                             "plan": PlanConfig, "evaluate": EvalConfig, "output": OutputConfig,
+                             "preflight": PreflightConfig}
 
 
 @dataclass
@@ -69,10 +71,13 @@ class RunConfig(Validated):
             A missing ``data.name`` becomes the built-in's corpus, or WikiText-2 from the hub
             (``wikitext:wikitext-2-raw-v1``) for other models.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        dry_run: stop after writing plan.json (nothing is compressed).
+        dry_run: stop after writing plan.json (nothing is compressed); the plan is made
+            before the Lyapunov stage, from the SD estimate alone, and a later full run
+            remakes it.
         allow_untrained: go on with a network that did not train (0 steps) or ended at
             chance level (:mod:`sdcompress.train.quality`) instead of refusing it; the
             report then says so.
+        preflight: the pre-flight's budgets (:mod:`sdcompress.pipeline.preflight`).
     """
 
     SECTION: ClassVar[str] = ""
@@ -88,6 +93,7 @@ class RunConfig(Validated):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dry_run: bool = False
     allow_untrained: bool = False
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
 
     def validate(self) -> "RunConfig":
         """Check every section and the facts that span sections; returns ``self``.
@@ -108,8 +114,9 @@ class RunConfig(Validated):
             need_int("", "seed", self.seed, 0, "or null to keep each section's own seed")
         if self.device not in DEVICES:
             raise FieldError("", "device", f"one of {list(DEVICES)}", self.device)
-        if not isinstance(self.dry_run, bool):
-            raise FieldError("", "dry_run", "true or false", self.dry_run)
+        for name in ("dry_run", "allow_untrained"):
+            if not isinstance(getattr(self, name), bool):
+                raise FieldError("", name, "true or false", getattr(self, name))
         return self
 
     def check_model(self, model: Any) -> None:

@@ -17,14 +17,15 @@ ESTIMATES_FILE, LYAPUNOV_DIR = "estimates.json", "lyapunov"
 EVAL_BEFORE_FILE, EVAL_AFTER_FILE = "evaluation_before.json", "evaluation_after.json"
 PLAN_FILE, COMPRESSION_FILE, MODEL_DIR, TRIES_DIR = "plan.json", "compression.json", "model", "tries"
 REPORT_FILE = "report.json"
+PREFLIGHT_FILE = "preflight.json"
 #: every name a run writes (``overwrite`` removes exactly these)
 ARTIFACTS = (CONFIG_FILE, TRAINED_DIR, TRAIN_LOG_FILE, SGD_PHASE_DIR, ESTIMATES_FILE, LYAPUNOV_DIR,
              "lyapunov_subspace.safetensors", EVAL_BEFORE_FILE, EVAL_AFTER_FILE, PLAN_FILE, COMPRESSION_FILE,
              MODEL_DIR, TRIES_DIR, REPORT_FILE, "report.md", "modules.png", "loss.png", "exponents.png",
-             "training.png", "resolved_recipe.yaml")
+             "training.png", "resolved_recipe.yaml", PREFLIGHT_FILE)
 #: config fields that may differ between a run and its resumption
 #: (the folder itself is the run's identity, so its recorded path may differ after a move)
-_RESUME_FREE = (("output", "overwrite"), ("output", "dir"), ("dry_run",))
+_RESUME_FREE = (("output", "overwrite"), ("output", "dir"), ("dry_run",), ("preflight",))
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:

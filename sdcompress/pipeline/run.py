@@ -22,6 +22,19 @@ unfinished folder whose config.json differs is refused too (it names the fields)
 or ranks, an unloadable model or dataset, and a diverging EoS training of a built-in are
 refused before the folder is created.
 
+One run per folder: the run holds an exclusive lock on its folder
+(:class:`sdcompress.io.FolderLock`, ``.sdcompress.lock``) from before it looks at the
+folder until it returns, so a second run on the same folder, ``--overwrite`` or not, is
+refused at once with one line naming the holder (pid, start time) and never mixes its
+files with the first's. A lock left by a killed run is not held (the kernel drops it) and
+is taken over, and that run's temporary names (``.NAME.*.tmp``) are removed. The output
+location is checked first (a regular file or an unwritable place is refused before
+anything runs); a fresh run that fails before its first artifact leaves no folder.
+
+A network that did not train (0 steps) or ended at chance level
+(:mod:`sdcompress.train.quality`) is refused with :class:`UntrainedError` before its
+folder gets any artifact, unless ``allow_untrained`` (then the report's verdict says so).
+
 Built-in models (``tiny-gpt2``, ``mlp``, ``modular-mlp``) are trained to the edge of
 stability by :func:`sdcompress.train.cache.pretrained_builtin` (cached between runs);
 other models get a short constant-η SGD phase from their checkpoint (``train.steps``).
@@ -42,10 +55,12 @@ from sdcompress.io import FolderLock, check_writable, make_dirs, remove_created,
 from sdcompress.models import LoadedModel
 from sdcompress.pipeline.config import RunConfig, resolve_device
 from sdcompress.pipeline.folder import CONFIG_FILE, clear_leftovers, clear_run, prepare_folder
+from sdcompress.pipeline.preflight import run_preflight
 from sdcompress.pipeline.stages import (
     Trained,
     finish_training,
     load_trained,
+    needs_subspace,
     stage_compress_final,
     stage_estimate,
     stage_tries,
@@ -67,7 +82,10 @@ def run_pipeline(config: RunConfig) -> RunReport:
 
     Raises:
         ConfigError: invalid settings.
+        OutputError: the output location is a regular file or cannot be written.
+        FolderLockedError: another live run holds the folder.
         OutputExistsError: see :func:`prepare_folder`.
+        UntrainedError: training ended at chance level or did not happen (see ``allow_untrained``).
         ModelError, DataError, OfflineError: the model or data cannot be loaded.
         DivergenceError: training diverged.
     """
@@ -102,6 +120,9 @@ def _run_locked(cfg: RunConfig, folder: Path, device: Any) -> RunReport:
     write_json_atomic(folder / CONFIG_FILE, cfg_dict)
     logger.info("run folder: %s%s", folder, " (resuming)" if resuming else "")
     try:
+        # pre-flight: time a gradient and a product, predict every stage, pick settings that fit (or refuse)
+        # (it predicts the full run, also for a dry run, which then stops before the Lyapunov stage)
+        cfg, pre = run_preflight(cfg, trained, folder, device, lyapunov=needs_subspace(cfg))
         pending = trained.pending
         trained = finish_training(cfg, trained, folder)
         if pending:
@@ -116,7 +137,8 @@ def _run_locked(cfg: RunConfig, folder: Path, device: Any) -> RunReport:
     t = time.perf_counter()
     logger.info("[2/5] estimate: SD and the dominant Lyapunov subspace")
     stream = BatchStream(data.train, cfg.data.batch_size, seed=cfg.data.seed, replacement=cfg.data.replacement)
-    est, lyap, before = stage_estimate(cfg, folder, loaded, data, stream)
+    use_lyapunov = (pre is None or pre.settings.get("lyapunov", True)) and not cfg.dry_run
+    est, lyap, before = stage_estimate(cfg, folder, loaded, data, stream, lyapunov=use_lyapunov)
     timings["estimate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -124,7 +146,7 @@ def _run_locked(cfg: RunConfig, folder: Path, device: Any) -> RunReport:
     result = stage_tries(cfg, folder, loaded, data, est, lyap, before, tolerance)
     timings["plan+compress"] = time.perf_counter() - t
     if cfg.dry_run:
-        return _dry_report(cfg, loaded, est, before, result.plan, tolerance, _training(trained, quality))
+        return _dry_report(cfg, loaded, est, before, result.plan, tolerance, _training(trained, quality), pre)
 
     t = time.perf_counter()
     logger.info("[4/5] save the compressed model and re-measure SD")
@@ -147,6 +169,7 @@ def _run_locked(cfg: RunConfig, folder: Path, device: Any) -> RunReport:
         estimate=_estimate_summary(est, lyap), training=_training(trained, quality), tries=result.tries,
         config=cfg_dict,
         environment=environment(str(device)), wall_time_s=timings,
+        preflight=None if pre is None else pre.to_dict(),
     )
     logger.info("[5/5] report")
     report.save(folder)
@@ -212,7 +235,7 @@ def _estimate_summary(est: SDEstimate, lyap: SDEstimate | None) -> dict[str, Any
 
 
 def _dry_report(cfg: RunConfig, loaded: LoadedModel, est: SDEstimate, before: EvalReport, plan: Plan,
-                tolerance: float, training: dict[str, Any]) -> RunReport:
+                tolerance: float, training: dict[str, Any], pre: Any = None) -> RunReport:
     from sdcompress.compress import count_storage
 
     params, n_bytes = count_storage(loaded.model)
@@ -224,7 +247,7 @@ def _dry_report(cfg: RunConfig, loaded: LoadedModel, est: SDEstimate, before: Ev
         verdict={"preserved": None, "tolerance": tolerance, "message": "dry run: plan.json written, nothing compressed "
                  "(sizes after are the plan's predictions)"},
         plan=_plan_summary(plan), evaluation_before=before.to_dict(), estimate=_estimate_summary(est, None),
-        training=training, config=cfg.to_dict(),
+        training=training, config=cfg.to_dict(), preflight=None if pre is None else pre.to_dict(),
     )
 
 

@@ -36,7 +36,7 @@ from sdcompress.pipeline.folder import (
     TRAINED_DIR,
     TRIES_DIR,
 )
-from sdcompress.plan import CURVATURE_STRATEGIES, Plan, describe_modules, make_plan, module_curvature, module_statistics
+from sdcompress.plan import Plan, check_target_rank, describe_modules, make_plan, needs_curvature, planning_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +155,9 @@ def needs_subspace(cfg: RunConfig) -> bool:
 
 
 def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: DatasetBundle,
-                   stream: BatchStream) -> tuple[SDEstimate, SDEstimate | None, EvalReport]:
-    """SD estimate, Lyapunov subspace estimate, and the evaluation of the trained model."""
+                   stream: BatchStream, *, lyapunov: bool = True) -> tuple[SDEstimate, SDEstimate | None, EvalReport]:
+    """SD estimate, Lyapunov subspace estimate (unless ``lyapunov`` is False: the pre-flight
+    found no room for it, or a dry run), and the evaluation of the trained model."""
     lr, wd = _lr_wd(cfg)
     kw = dict(lr=lr, weight_decay=wd, params=_params(cfg), loss_fn=loaded.loss_fn, config=cfg.estimate)
     if (folder / ESTIMATES_FILE).is_file():
@@ -169,12 +170,15 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
             set_default_modes(written)
     logger.info("%s", est.summary())
     lyap = est if est.subspace is not None else None
-    if lyap is None and needs_subspace(cfg):
+    if lyap is None and needs_subspace(cfg) and lyapunov:
         ldir = folder / LYAPUNOV_DIR
         if (ldir / ESTIMATES_FILE).is_file():
             lyap = SDEstimate.load(ldir, ESTIMATES_FILE)
         else:
-            logger.info("tracking the dominant Lyapunov subspace")
+            # the frame starts from the first step's Jacobian (estimate.lyapunov_warm_start) and runs to
+            # its convergence test (estimate.lyapunov_tol), capped at estimate.lyapunov_steps
+            logger.info("tracking the dominant Lyapunov subspace (warm start: %s, tolerance: %s, at most %s steps)",
+                        cfg.estimate.lyapunov_warm_start, cfg.estimate.lyapunov_tol, cfg.estimate.lyapunov_steps)
             lyap = estimate_sd(loaded.model, stream, method="lyapunov", **kw)
             tmp = Path(tempfile.mkdtemp(prefix=f".{LYAPUNOV_DIR}.", suffix=".tmp", dir=folder))
             try:
@@ -184,6 +188,13 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed when anything failed
         logger.info("%s", lyap.summary())
+        conv = lyap.convergence or {}
+        if lyap.converged:
+            logger.info("the Lyapunov subspace converged after %s steps (%s test)", conv.get("steps"), conv.get("test"))
+        elif lyap.converged is False:
+            logger.warning("the Lyapunov subspace did NOT converge within %s steps (frames differ by %s, tolerance %s): "
+                           "plans must not use it; raise --set estimate.lyapunov_steps=N",
+                           conv.get("steps"), conv.get("max_frame_difference"), conv.get("tol"))
     if (folder / EVAL_BEFORE_FILE).is_file():
         before = EvalReport.load(folder / EVAL_BEFORE_FILE)
     else:
@@ -195,6 +206,9 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
 
 # ------------------------------------------------------------------------------ tries
 
+#: marks a plan written by a dry run (made before the Lyapunov stage; a full run remakes it)
+DRY_RUN_NOTE = "dry run: planned before the Lyapunov stage, from the SD estimate alone; the full run plans again"
+
 
 def check_targets(cfg: RunConfig, loaded: LoadedModel) -> None:
     """Refuse, before anything is written, target patterns that match nothing and a
@@ -204,20 +218,8 @@ def check_targets(cfg: RunConfig, loaded: LoadedModel) -> None:
         ModelError: a pattern matches no Linear/Conv1D module (real names listed).
         PlanError: ``target_rank`` exceeds a module's full rank.
     """
-    from sdcompress.errors import PlanError
-
     cfg.check_model(loaded.model)  # estimator settings that need d (Lyapunov m ≤ d, exact's size)
-    modules = describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore)
-    if cfg.plan.rank_mode == "manual" and not cfg.plan.clip_rank and cfg.plan.strategy == "sd":
-        k = int(cfg.plan.target_rank)
-        too_small = [m for m in modules if k > min(m.out_features, m.in_features)]
-        if too_small:
-            m = too_small[0]
-            raise PlanError(
-                f"target rank {k} is larger than the {m.out_features}×{m.in_features} weight of module {m.name!r} allows "
-                f"(at most {min(m.out_features, m.in_features)}); use --target-rank ≤ {min(m.out_features, m.in_features)}, "
-                "--target-rank auto, or leave that module out with --ignore"
-            )
+    check_target_rank(cfg.plan, describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore))
 
 
 @dataclass
@@ -248,28 +250,29 @@ def stage_tries(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Dataset
                 lyap: SDEstimate | None, before: EvalReport, tolerance: float) -> TriesResult:
     """Plan, compress and evaluate; with ``plan.tolerance``, raise until within it."""
     closed = cfg.plan.tolerance is not None
-    modules = describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore, params=_params(cfg))
-    stats = None
-    if cfg.plan.strategy in ("energy", "fisher"):
-        batches = []
-        if cfg.plan.strategy == "fisher":
-            fs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed, replacement=cfg.data.replacement)
-            batches = fs.take(cfg.plan.fisher_batches)
-        stats = module_statistics(loaded.model, modules, batches, loss_fn=loaded.loss_fn)
-    curvature = None
-    if (cfg.plan.strategy in CURVATURE_STRATEGIES and cfg.plan.curvature_batches > 0
-            and (cfg.plan.strategy != "sd" or cfg.plan.rank_mode == "auto")):
+    fisher, curv = [], []
+    if cfg.plan.strategy == "fisher":
+        fs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed, replacement=cfg.data.replacement)
+        fisher = fs.take(cfg.plan.fisher_batches)
+    if needs_curvature(cfg.plan):
         cs = BatchStream(data.train, cfg.data.batch_size, seed=cfg.plan.seed + 1, replacement=cfg.data.replacement)
-        curvature = module_curvature(loaded.model, modules, cs.take(cfg.plan.curvature_batches), loss_fn=loaded.loss_fn,
-                                     probes=cfg.plan.curvature_probes, seed=cfg.plan.seed)
+        curv = cs.take(cfg.plan.curvature_batches)
+    inputs = planning_inputs(loaded.model, cfg.plan, params=_params(cfg), fisher_batches=fisher, curvature_batches=curv,
+                             loss_fn=loaded.loss_fn)
+    modules, stats, curvature = inputs.modules, inputs.stats, inputs.curvature
     result: TriesResult | None = None
     previous: dict | None = None
     for attempt in range(cfg.plan.max_tries if closed else 1):
         pcfg = cfg.plan.escalated(attempt)
         tdir = folder / TRIES_DIR / f"{attempt + 1:02d}" if closed else folder
         plan_path = tdir / PLAN_FILE
-        plan = Plan.load(plan_path) if plan_path.is_file() else make_plan(est, modules, pcfg, subspace=lyap, stats=stats,
-                                                                                  curvature=curvature)
+        plan = Plan.load(plan_path) if plan_path.is_file() else None
+        if plan is not None and DRY_RUN_NOTE in plan.notes and not cfg.dry_run:
+            plan = None  # a dry run's plan was made before the Lyapunov stage: make it again
+        if plan is None:
+            plan = make_plan(est, modules, pcfg, subspace=lyap, stats=stats, curvature=curvature)
+            if cfg.dry_run:
+                plan = replace(plan, notes=tuple(plan.notes) + (DRY_RUN_NOTE,))
         if previous is not None and plan.to_dict()["modules"] == previous:
             logger.info("try %d would repeat the previous plan: nothing left to raise", attempt + 1)
             break

@@ -32,12 +32,15 @@ from sdcompress.plan.targets import (
     ModuleInfo,
     ModuleStats,
     candidate_modules,
+    check_rank,
+    check_target_rank,
     default_targets,
     describe_modules,
     module_statistics,
     resolve_targets,
     stats_to_dict,
 )
+from sdcompress.plan.inputs import PlanningInputs, needs_curvature, planning_inputs
 
 plan = make_plan
 
@@ -60,6 +63,7 @@ __all__ = [
     "KNOWN_STRATEGIES",
     "ModuleInfo",
     "ModulePlan",
+    "PlanningInputs",
     "ModuleStats",
     "PLAN_VERSION",
     "Plan",
@@ -68,6 +72,8 @@ __all__ = [
     "SUPPORTED_BITS",
     "allot",
     "candidate_modules",
+    "check_rank",
+    "check_target_rank",
     "default_targets",
     "describe_modules",
     "energy_rank",
@@ -78,9 +84,11 @@ __all__ = [
     "make_plan",
     "module_floors",
     "module_statistics",
+    "needs_curvature",
     "plan",
     "plan_baseline",
     "plan_sd",
+    "planning_inputs",
     "quantized_bytes",
     "rank_floor",
     "resolve_targets",

@@ -85,7 +85,7 @@ from sdcompress.plan.config import PlanConfig
 from sdcompress.plan.curvature import ModuleCurvature
 from sdcompress.plan.schema import ModulePlan, Plan
 from sdcompress.plan.sizing import RankOption, budget_key, fit_budget, greedy_path, path_prefix, rank_options, size_fraction
-from sdcompress.plan.targets import ModuleInfo, ModuleStats
+from sdcompress.plan.targets import ModuleInfo, ModuleStats, check_rank
 
 
 def rank_floor(out_features: int, in_features: int, dof: float) -> int:
@@ -334,11 +334,7 @@ def _sd_modules(
             if k >= min(o, i) and config.clip_rank:
                 plans.append(ModulePlan(**kw, reason=f"rank {k} ≥ full rank {min(o, i)}: kept dense{bit_note}"))
                 continue
-            if k > min(o, i):
-                raise PlanError(
-                    f"target rank {k} is larger than the {o}×{i} weight of module {m.name!r} allows (at most {min(o, i)}); "
-                    f"use --target-rank ≤ {min(o, i)}, --target-rank auto, or leave that module out with ignore"
-                )
+            check_rank(m, k)
             below = "" if k * (o + i - k) >= dof else f" (below its SD floor of {dof:.0f})"
             plans.append(ModulePlan(**kw, rank=k, row_weights=rows, col_weights=cols, dof=float(k * (o + i - k)),
                                     reason=f"rank {k} set by hand: {k * (o + i - k)} degrees of freedom{below}"))

@@ -112,12 +112,13 @@ def rank_options(out_features: int, in_features: int, cost: Callable[[int], floa
 def greedy_path(options: Mapping[str, Sequence[RankOption]]) -> list[tuple[str, int]]:
     """The order in which a greedy split raises modules, from option 0 of every module to dense.
 
-    Each move takes the module and the jump ``j → j'`` (``j' > j``, any later option, so
-    non-convex costs are handled as their lower hull) with the largest cost reduction per
-    stored value added, ``(cost_j − cost_j') / (stored_j' − stored_j)``; ties go to the
-    earlier module in ``options`` order, then the smaller jump. Any prefix of the path is
-    a split, and a longer prefix never stores less, so a budget is a prefix (monotone for
-    :func:`fit_budget`).
+    Each move raises, by one option, the module whose best jump ``j → j'`` (``j' > j``,
+    any later option, so non-convex costs are ranked by their lower hull) has the largest
+    cost reduction per stored value added, ``(cost_j − cost_j') / (stored_j' − stored_j)``;
+    ties go to the earlier module in ``options`` order, then the smaller jump. Moving one
+    option at a time (not the whole jump) keeps every move small, so a budget is met to
+    within one rank step. Any prefix of the path is a split, and a longer prefix never
+    stores less, so a budget is a prefix (monotone for :func:`fit_budget`).
 
     Args:
         options: per module its options in increasing size (:func:`rank_options`).
@@ -147,7 +148,7 @@ def greedy_path(options: Mapping[str, Sequence[RankOption]]) -> list[tuple[str, 
                 pick = n
         if pick is None:
             return path
-        cur[pick] = jumps[pick][1]
+        cur[pick] += 1
         path.append((pick, cur[pick]))
         jumps[pick] = best_jump(pick)
 

@@ -1,7 +1,8 @@
 """Which modules a plan may touch, described as plain data the planner can use without a model.
 
 :func:`describe_modules` is the only place the planner's inputs come from a model: it
-finds the target ``nn.Linear`` / GPT-2 ``Conv1D`` layers and records their shapes and
+finds the target modules among the compressible ones
+(:func:`sdcompress.models.targets.compressible_modules`) and records their shapes and
 where their weights sit in the flat parameter vector the estimator used (so the planner
 can read the Lyapunov subspace rows of each weight). :func:`module_statistics`
 computes the baselines' inputs (singular values, Fisher row weights).
@@ -9,16 +10,16 @@ computes the baselines' inputs (singular values, Fisher row weights).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from sdcompress.data.core import Batch
-from sdcompress.errors import ModelError
+from sdcompress.errors import ModelError, PlanError
 from sdcompress.models.functional import model_loss, select_parameters
+from sdcompress.models.targets import compressible_modules, linear_shape, match_names
+from sdcompress.plan.config import PlanConfig
 from sdcompress.progress import progress
 
 
@@ -66,48 +67,24 @@ class ModuleStats:
     fisher_rows: tuple[float, ...] | None = None
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    # transformers' GPT-2 Conv1D: y = x @ W + b with W stored (in, out)
-    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.ndim == 2
-
-
-def _shape(module: nn.Module) -> tuple[int, int, bool]:
-    """(out, in, transposed) of a Linear or Conv1D."""
-    if isinstance(module, nn.Linear):
-        return module.out_features, module.in_features, False
-    i, o = module.weight.shape
-    return int(o), int(i), True
-
-
-def candidate_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Every ``nn.Linear`` and ``Conv1D`` in the model, by name (model order)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) or _is_conv1d(m)}
+#: every module a plan may touch (one definition, in sdcompress.models.targets)
+candidate_modules = compressible_modules
 
 
 def default_targets(model: nn.Module) -> list[str]:
-    """Layers inside the blocks / hidden layers: not embeddings, not the output head.
+    """Compressible layers inside the blocks / hidden layers: not the output head.
 
     The output head is the model's ``get_output_embeddings()`` (Hugging Face) or, for
     plain modules, the last Linear layer, unless that would leave nothing to compress.
-    Layers whose weight is shared with an embedding (tied heads) are skipped too.
+    Layers whose weight is shared with an embedding (tied heads) are not compressible at
+    all (:func:`~sdcompress.models.targets.compressible_modules`).
     """
-    cands = candidate_modules(model)
-    skip: set[str] = set()
-    embed_ptrs = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
+    cands = compressible_modules(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    for name, m in cands.items():
-        if m is head or m.weight.data_ptr() in embed_ptrs:
-            skip.add(name)
+    skip = {name for name, m in cands.items() if m is head}
     if head is None and len(cands) > 1:
         skip.add(list(cands)[-1])
     return [n for n in cands if n not in skip]
-
-
-def _match(pattern: str, names: Iterable[str]) -> list[str]:
-    if pattern.startswith("re:"):
-        rx = re.compile(pattern[3:])
-        return [n for n in names if rx.match(n)]
-    return [n for n in names if n == pattern or n.startswith(pattern + ".")]
 
 
 def resolve_targets(model: nn.Module, targets: Sequence[str] | None, ignore: Sequence[str] = ()) -> list[str]:
@@ -116,32 +93,60 @@ def resolve_targets(model: nn.Module, targets: Sequence[str] | None, ignore: Seq
     Args:
         model: the model.
         targets: exact module names (a parent name selects the layers under it) or
-            ``re:<regex>`` patterns matched at the start of names; ``None``: defaults.
+            ``re:<regex>`` patterns matched at the start of names
+            (:func:`~sdcompress.models.targets.match_names`); ``None``: defaults.
         ignore: patterns of modules to leave out.
 
     Raises:
-        ModelError: a pattern matches no Linear/Conv1D module (the message lists real
+        ModelError: a pattern matches no compressible module (the message lists real
             names), or nothing is left to compress.
     """
-    cands = candidate_modules(model)
+    cands = compressible_modules(model)
     some = ", ".join(list(cands)[:6]) + (", ..." if len(cands) > 6 else "")
     chosen = default_targets(model) if targets is None else []
     for pattern in targets or ():
-        hits = _match(pattern, cands)
+        hits = match_names(pattern, cands)
         if not hits:
             raise ModelError(
-                f"target pattern {pattern!r} matches no Linear/Conv1D module; compressible modules include: {some} "
-                "(use an exact module name or 're:<regex>')"
+                f"target pattern {pattern!r} matches no Linear/Conv1D module; compressible modules include: "
+                f"{some} (use an exact module name or 're:<regex>')"
             )
         chosen.extend(h for h in hits if h not in chosen)
     for pattern in ignore:
-        hits = _match(pattern, cands)
+        hits = match_names(pattern, cands)
         if not hits:
             raise ModelError(f"ignore pattern {pattern!r} matches no Linear/Conv1D module; compressible modules include: {some}")
         chosen = [c for c in chosen if c not in hits]
     if not chosen:
         raise ModelError(f"no module left to compress (targets={targets!r}, ignore={list(ignore)!r}); compressible modules: {some}")
     return [n for n in cands if n in chosen]
+
+
+def check_rank(module: ModuleInfo, rank: int) -> None:
+    """The one check of a hand-set rank against a module's shape: 1 ≤ rank ≤ min(out, in).
+
+    Raises:
+        PlanError: naming the rank, the module, its shape and the largest rank allowed.
+    """
+    full = min(module.out_features, module.in_features)
+    if not 1 <= rank <= full:
+        raise PlanError(
+            f"target rank {rank} is larger than the {module.out_features}×{module.in_features} weight of module "
+            f"{module.name!r} allows (at most {full}); use --target-rank ≤ {full}, --target-rank auto, "
+            "or leave that module out with --ignore"
+        )
+
+
+def check_target_rank(config: PlanConfig, modules: Sequence[ModuleInfo]) -> None:
+    """Refuse a hand-set ``target_rank`` above a target module's full rank (unless
+    ``clip_rank``, which keeps such modules dense), before anything is computed.
+
+    Raises:
+        PlanError: see :func:`check_rank`.
+    """
+    if config.rank_mode == "manual" and not config.clip_rank and config.strategy == "sd":
+        for m in modules:
+            check_rank(m, int(config.target_rank))
 
 
 def describe_modules(
@@ -162,7 +167,7 @@ def describe_modules(
     Raises:
         ModelError: see :func:`resolve_targets`.
     """
-    cands = candidate_modules(model)
+    cands = compressible_modules(model)
     shapes = dict(model.named_parameters())
     offsets, start = {}, 0
     for n in select_parameters(model, params):
@@ -170,7 +175,7 @@ def describe_modules(
         start += shapes[n].numel()
     infos = []
     for name in resolve_targets(model, targets, ignore):
-        o, i, t = _shape(cands[name])
+        o, i, t = linear_shape(cands[name])
         weight = f"{name}.weight" if name else "weight"
         infos.append(ModuleInfo(name, o, i, t, weight, offsets.get(weight)))
     return infos
@@ -226,6 +231,8 @@ __all__ = [
     "ModuleInfo",
     "ModuleStats",
     "candidate_modules",
+    "check_rank",
+    "check_target_rank",
     "default_targets",
     "describe_modules",
     "module_statistics",

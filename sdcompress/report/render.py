@@ -78,6 +78,8 @@ def render_markdown(report: RunReport, folder: Path | None = None, plots: dict[s
             ly = est["lyapunov"]
             lines.append(f"- Lyapunov: m = {ly.get('m')} tracked exponents, D_Λ = {'≥ ' if ly.get('lower_bound') else ''}"
                          f"{_f(ly.get('sd'), '.1f')}, top exponent {_f(ly.get('top'), '.4f')}")
+    lines += module_share_lines(_read(folder, "estimates.json") if folder is not None else None)
+    lines += lyapunov_convergence_lines(_read(folder, "lyapunov/estimates.json") if folder is not None else None)
     tr = report.training
     if tr:
         lines += ["", "## Training", ""] + [f"- {k}: {val}" for k, val in tr.items() if not isinstance(val, (list, dict))]
@@ -108,9 +110,65 @@ def render_markdown(report: RunReport, folder: Path | None = None, plots: dict[s
     env = report.environment
     if env:
         lines += ["", "## Environment", "", ", ".join(f"{k} {val}" for k, val in env.items() if val is not None)]
+    pre = getattr(report, "preflight", None)
+    if pre:
+        lines += ["", "## Pre-flight", "", f"One gradient {_f(pre['probe']['t_grad'], '.3g')} s, one Hessian-vector product "
+                  f"{_f(pre['probe']['t_hvp'], '.3g')} s at {pre['probe']['n_small']} examples "
+                  f"({pre['probe']['threads']} threads, {pre['probe']['device']}).", "",
+                  "| stage | predicted time (s) | predicted peak memory (GiB) | settings |", "|---|---:|---:|---|"]
+        lines += [f"| {st['name']} | {st['seconds']:.1f} | {st['peak_bytes'] / 2**30:.2f} | {st['detail']} |"
+                  for st in pre.get("stages", [])]
+        lines += [f"- picked: {c}" for c in pre.get("choices", [])]
     if report.wall_time_s:
         lines += ["", "Time per stage: " + ", ".join(f"{k} {val:.1f} s" for k, val in report.wall_time_s.items())]
     return "\n".join(lines) + "\n"
+
+
+def module_share_lines(est: dict[str, Any] | None) -> list[str]:
+    """The "per-module SD share / expansion share / size share" table of an estimate dict.
+
+    SD share = SD_b / SD (``module_sd``), expansion share = E_b (``module_expansion``),
+    size share = n_b / d (``extras["param_sizes"]``); empty when the estimate has no
+    per-module numbers.
+    """
+    if not est or not est.get("module_sd"):
+        return []
+    msd, mex = est["module_sd"], est.get("module_expansion") or {}
+    sizes = (est.get("extras") or {}).get("param_sizes") or {}
+    total_sd = sum(msd.values())
+    d = sum(sizes.values()) or est.get("d") or 0
+    lines = ["", f"## Where the attractor lives and where it expands ({est.get('method')})", "",
+             "SD share = SD_b / SD (the attractor's directions in the tensor), expansion share = E_b (mass of the "
+             "expanding directions, weighted by their exponents), size share = n_b / d (PAPER.md §8).", "",
+             "| parameter | SD_b | SD share | expansion share | size share |", "|---|---:|---:|---:|---:|"]
+    for name, v in msd.items():
+        sd_share = v / total_sd if total_sd > 0 else None
+        size_share = sizes[name] / d if name in sizes and d else None
+        lines.append(f"| {name} | {_f(v, '.2f')} | {_f(sd_share, '.3f')} | {_f(mex.get(name), '.3f')} | {_f(size_share, '.3f')} |")
+    if not mex:
+        lines.append("")
+        lines.append("No exponent is positive: there is no expansion to share.")
+    return lines
+
+
+def lyapunov_convergence_lines(ly: dict[str, Any] | None) -> list[str]:
+    """One line saying whether the Lyapunov subspace converged, with the test's numbers."""
+    if not ly or ly.get("converged") is None:
+        return []
+    c = ly.get("convergence") or {}
+    steps, test = c.get("steps"), c.get("test")
+
+    def num(key: str) -> str:
+        x = c.get(key)
+        return format(x, ".2g") if isinstance(x, (int, float)) and not isinstance(x, bool) else "n/a"
+
+    stats = (f"frames differ by {num('max_frame_difference')} (dimensions by {num('dimension_difference')}), halves by "
+             f"{num('max_half_difference')}, standard error {num('max_stderr')}; tolerance {num('tol')}")
+    if ly.get("converged"):
+        return ["", f"- Lyapunov subspace: converged after {steps} steps ({test} test: {stats}; {c.get('hvp')} products); "
+                f"D_Λ = {'≥ ' if ly.get('lower_bound') else ''}{_f(ly.get('sd'), '.1f')}"]
+    return ["", f"- Lyapunov subspace: NOT converged within {steps} steps ({test} test: {stats}); it is not the dominant "
+            "subspace and plans do not use it (raise --set estimate.lyapunov_steps=N)"]
 
 
 def render_plots(report: RunReport, folder: Path) -> dict[str, str]:
@@ -148,4 +206,14 @@ def render_run(folder: str | Path) -> Path:
     return write_text_atomic(folder / MARKDOWN_FILE, render_markdown(report, folder, plots))
 
 
-__all__ = ["FILES", "MARKDOWN_FILE", "PLOTS", "REPORT_FILE", "render_markdown", "render_plots", "render_run"]
+__all__ = [
+    "FILES",
+    "MARKDOWN_FILE",
+    "PLOTS",
+    "REPORT_FILE",
+    "lyapunov_convergence_lines",
+    "module_share_lines",
+    "render_markdown",
+    "render_plots",
+    "render_run",
+]

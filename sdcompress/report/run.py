@@ -84,6 +84,8 @@ class RunReport:
         config: the resolved run config.
         environment: versions, git hash, device.
         wall_time_s: seconds per stage.
+        preflight: the pre-flight's measurements, predictions and picks
+            (``PreflightResult.to_dict``), or ``None`` when it did not run.
     """
 
     model: str
@@ -109,6 +111,7 @@ class RunReport:
     config: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     wall_time_s: dict[str, float] = field(default_factory=dict)
+    preflight: dict[str, Any] | None = None
 
     @property
     def preserved(self) -> bool:
@@ -165,6 +168,11 @@ class RunReport:
         ]
         if eb.get("perplexity") is not None:
             rows.append(("perplexity", f(eb.get("perplexity"), ".2f"), f(ea.get("perplexity"), ".2f")))
+        if eb.get("window_loss") is not None:
+            how = f"context {eb.get('context_length')}, stride {eb.get('stride')}"
+            rows.append((f"test loss, sliding window ({how})", f(eb.get("window_loss"), ".4f"), f(ea.get("window_loss"), ".4f")))
+            rows.append((f"perplexity, sliding window ({how})", f(eb.get("window_perplexity"), ".2f"),
+                         f(ea.get("window_perplexity"), ".2f")))
         if eb.get("test_accuracy") is not None:
             rows.append(("test accuracy", f(eb.get("test_accuracy"), ".4f"), f(ea.get("test_accuracy"), ".4f")))
         rows += [

@@ -1,0 +1,349 @@
+"""The pre-flight's cost model: measured unit costs (:class:`Probe`) and per-stage
+predictions of time and peak memory (:func:`predict`).
+
+See :mod:`sdcompress.pipeline.preflight` for the model's terms and how settings are picked.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sdcompress.data.core import Batch, batch_size_of
+from sdcompress.models.functional import FunctionalLoss
+from sdcompress.models.loader import LoadedModel
+
+GiB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Measured unit costs on the real batch.
+
+    Attributes:
+        device: where it ran.
+        d: parameters the estimates run over; itemsize: bytes per parameter.
+        n_small: examples in the batch the products were timed on.
+        t_forward, t_grad, t_hvp_first, t_hvp: seconds at ``n_small`` examples.
+        grad_sizes, grad_times: gradient timings at one or two batch sizes (the scaling line).
+        base_bytes: memory in use before the probe (resident on CPU, allocated on CUDA).
+        hvp_bytes: peak extra memory of a product (gradient graph, activations).
+        threads: torch threads.
+        wall_time_s: what the probe itself took.
+    """
+
+    device: str
+    d: int
+    itemsize: int
+    n_small: int
+    t_forward: float
+    t_grad: float
+    t_hvp_first: float
+    t_hvp: float
+    grad_sizes: tuple[int, ...]
+    grad_times: tuple[float, ...]
+    base_bytes: int
+    hvp_bytes: int
+    threads: int
+    wall_time_s: float
+
+    def scale(self, n: int) -> float:
+        """t_grad(n) / t_grad(n_small): a line through the gradient timings (≥ n/n_small·0 floor)."""
+        if len(self.grad_sizes) < 2 or self.grad_sizes[0] == self.grad_sizes[1]:
+            return n / self.n_small
+        (n0, n1), (t0, t1) = self.grad_sizes, self.grad_times
+        slope = max((t1 - t0) / (n1 - n0), 0.0)
+        return max(t0 + slope * (n - n0), 1e-9) / t0
+
+
+@dataclass(frozen=True)
+class StagePrediction:
+    """One stage's predicted cost.
+
+    Attributes:
+        name: stage name.
+        seconds: predicted wall-clock seconds.
+        peak_bytes: predicted peak memory.
+        grads: the cost in gradient-equivalents (seconds / t_grad at the run's batch).
+        hvps: Hessian-vector products the stage will spend.
+        detail: the settings that drive it.
+    """
+
+    name: str
+    seconds: float
+    peak_bytes: int
+    grads: float
+    hvps: int
+    detail: str
+
+
+def _fmt_s(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _fmt_b(b: float) -> str:
+    return f"{b / GiB:.2f} GiB" if b >= GiB / 10 else f"{b / 2**20:.0f} MiB"
+
+
+# ------------------------------------------------------------------------------ probing
+
+
+def memory_in_use(device: torch.device) -> int:
+    """Resident memory of this process (CPU) or memory allocated on the GPU (CUDA)."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+class _PeakSampler:
+    """Peak of :func:`memory_in_use` while the block runs (a thread samples RSS on CPU;
+    CUDA keeps its own peak counter)."""
+
+    def __init__(self, device: torch.device, interval: float = 0.002) -> None:
+        self.device, self.interval, self.peak = device, interval, 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, memory_in_use(self.device))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "_PeakSampler":
+        self.peak = memory_in_use(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = max(self.peak, int(torch.cuda.max_memory_allocated(self.device)))
+        else:
+            self._stop.set()
+            assert self._thread is not None
+            self._thread.join()
+            self.peak = max(self.peak, memory_in_use(self.device))
+
+
+def _timed(fn: Any, device: torch.device, min_time: float = 0.2, max_reps: int = 5) -> float:
+    """Median seconds of ``fn()``, repeated until ``min_time`` has passed (at most ``max_reps``)."""
+    times: list[float] = []
+    total = 0.0
+    while len(times) < max_reps and (not times or total < min_time):
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+        total += times[-1]
+    return float(sorted(times)[len(times) // 2])
+
+
+def _head(batch: Batch, n: int) -> Batch:
+    if isinstance(batch, dict):
+        return {k: v[:n] for k, v in batch.items()}
+    return tuple(t[:n] for t in batch)  # type: ignore[return-value]
+
+
+def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_small: int | None = None) -> Probe:
+    """Time a forward pass, a gradient and Hessian-vector products on ``batch``.
+
+    Products and the forward pass are timed on the first ``n_small`` examples (default:
+    min(batch, 2)); gradients on those and on the whole batch, which gives the line the
+    other times are scaled along.
+
+    Args:
+        loaded: the model and its loss.
+        batch: the real minibatch (on the model's device).
+        params: parameter patterns the estimates run over (``None``: all trainable).
+        n_small: examples the products are timed on.
+
+    Returns:
+        The :class:`Probe`.
+    """
+    from sdcompress.linalg import HessianOperator
+
+    start = time.perf_counter()
+    model = loaded.model
+    p0 = next(model.parameters())
+    device, itemsize = p0.device, p0.element_size()
+    n = batch_size_of(batch)
+    n_small = max(1, min(n, 2 if n_small is None else n_small))
+    small = _head(batch, n_small)
+    floss = FunctionalLoss(model, params, loaded.loss_fn if loaded.task == "classification" else None)
+    if loaded.task == "classification" and loaded.loss_fn is None:
+        import torch.nn.functional as F
+
+        floss = FunctionalLoss(model, params, F.cross_entropy)
+    w = floss.params_vector()
+
+    def forward() -> None:
+        with torch.no_grad():
+            floss(w, small)
+
+    def gradient(b: Batch) -> Any:
+        return lambda: torch.func.grad(lambda x: floss(x, b))(w)
+
+    base = memory_in_use(device)
+    t_fwd = _timed(forward, device)
+    if t_fwd < 0.5:
+        gradient(small)()  # warm-up (allocator, kernels); a slow model is warm after its forward pass
+    t_grad = _timed(gradient(small), device)
+    sizes, times = [n_small], [t_grad]
+    if n > n_small:  # the second point of the line: the whole batch, or 4× the small one for a slow model
+        n2 = n if t_grad < 2.0 else min(n, 4 * n_small)
+        sizes.append(n2)
+        times.append(_timed(gradient(_head(batch, n2)), device, max_reps=3))
+    v = torch.randn(floss.d, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(w.dtype).to(device)
+    with _PeakSampler(device) as peak:
+        firsts = []
+        for _ in range(2 if t_grad < 1.0 else 1):
+            op = HessianOperator(floss, small, w)
+            t = time.perf_counter()
+            op.matvec(v)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            firsts.append(time.perf_counter() - t)
+        t_hvp = _timed(lambda: op.matvec(v), device, max_reps=3)
+        del op
+    return Probe(
+        device=str(device), d=int(floss.d), itemsize=int(itemsize), n_small=n_small, t_forward=t_fwd, t_grad=t_grad,
+        t_hvp_first=float(min(firsts)), t_hvp=t_hvp, grad_sizes=tuple(sizes), grad_times=tuple(times),
+        base_bytes=int(base), hvp_bytes=int(max(peak.peak - base, 0)), threads=torch.get_num_threads(),
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+# ----------------------------------------------------------------------------- predicting
+
+
+@dataclass
+class Knobs:
+    """The settings the cost model reads (a mutable working copy while picking)."""
+
+    batch_size: int
+    sgd_steps: int  # 0: no SGD phase to run
+    log_every: int
+    sharpness_steps: int
+    eval_batches: int
+    method: str
+    slq_runs: int
+    lanczos_steps: int
+    n_batches: int
+    lyapunov: bool
+    lyap_m: int
+    lyap_steps: int
+    eval_test: int  # examples actually evaluated (after caps)
+    eval_train: int
+    eval_test_cap: int | None
+    eval_train_cap: int | None
+    eval_batch_size: int
+    remeasure: bool
+    compress: bool  # a non-dry run
+    lm_tokens_per_example: int = 0  # > 0 for language models: block length (logits memory)
+    vocab: int = 0
+    n_test_total: int = 0
+    n_train_total: int = 0
+    curvature_batches: int = 0  # per-module curvature of the planner (0: not measured)
+    curvature_probes: int = 0
+    curvature_pairs: int = 0  # (module, rank) truncation costs, one product each per batch
+    curvature_bytes: int = 0  # the truncation deltas it keeps
+    window_context: int = 0  # sliding-window perplexity of the test text (0: off): context and stride in tokens
+    window_stride: int = 0
+
+
+def lanczos_vectors(steps: int) -> int:
+    """d-vectors a Lanczos run of ``steps`` keeps (basis plus work vectors)."""
+    try:  # a memory-lean Lanczos (three-term recurrence) keeps O(1) vectors when it exists
+        from sdcompress.linalg import lanczos as _lz
+
+        lean = getattr(_lz, "LEAN_VECTORS", None)
+    except ImportError:  # pragma: no cover
+        lean = None
+    return int(lean) if lean is not None else steps + 3
+
+
+def _window_seconds(probe: Probe, k: Knobs) -> float:
+    """The sliding-window perplexity: ⌈(N − context)/stride⌉ + 1 windows of ``context`` tokens over
+    the N test tokens evaluated, in forward passes of ``eval_batch_size`` windows."""
+    if not (k.window_context and k.window_stride and k.lm_tokens_per_example):
+        return 0.0
+    tokens = k.eval_test * k.lm_tokens_per_example
+    n_windows = math.ceil(max(tokens - k.window_context, 0) / k.window_stride) + 1
+    examples = k.eval_batch_size * k.window_context / k.lm_tokens_per_example  # a forward pass, in blocks
+    return math.ceil(n_windows / k.eval_batch_size) * probe.t_forward * probe.scale(max(1, round(examples)))
+
+
+def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
+    """Per-stage predictions for the settings ``k`` (module docstring)."""
+    s = probe.scale(k.batch_size)
+    fwd, grad, hvp1, hvp = (probe.t_forward * s, probe.t_grad * s, probe.t_hvp_first * s, probe.t_hvp * s)
+    vec = probe.d * probe.itemsize
+    base = probe.base_bytes + probe.hvp_bytes
+    stages: list[StagePrediction] = []
+
+    def add(name: str, seconds: float, extra_vectors: float, hvps: int, detail: str, extra_bytes: float = 0.0) -> None:
+        stages.append(StagePrediction(name, float(seconds), int(base + extra_vectors * vec + extra_bytes),
+                                      float(seconds / grad) if grad > 0 else 0.0, int(hvps), detail))
+
+    if k.sgd_steps > 0:
+        logs = len({t for t in range(0, k.sgd_steps + 1) if t % k.log_every == 0 or t == k.sgd_steps})
+        hv = logs * (k.sharpness_steps + 1)
+        sec = k.sgd_steps * grad + logs * ((1 + 2 * k.eval_batches) * fwd + hvp1 + k.sharpness_steps * hvp)
+        sec += 3 * vec / 200e6  # checkpoint and trained/ written (≈ 200 MB/s)
+        add("SGD phase", sec, 2 + lanczos_vectors(k.sharpness_steps), hv,
+            f"{k.sgd_steps} steps, batch {k.batch_size}, λ_max by {k.sharpness_steps} Lanczos steps at {logs} points")
+    if k.method == "exact":
+        hv = k.n_batches * probe.d
+        add("SD estimate", k.n_batches * (hvp1 + probe.d * hvp), 0, hv, f"exact, {k.n_batches} dense Hessians",
+            extra_bytes=2.0 * probe.d ** 2 * 8)
+    elif k.method == "lyapunov":
+        hv = k.lyap_steps * k.lyap_m
+        add("SD estimate", k.lyap_steps * (grad + hvp1 + (k.lyap_m - 1) * hvp), 6 * k.lyap_m + 2, hv,
+            f"Lyapunov m = {k.lyap_m} × {k.lyap_steps} steps")
+    else:
+        hv = k.slq_runs * k.lanczos_steps
+        add("SD estimate", k.slq_runs * (hvp1 + (k.lanczos_steps - 1) * hvp), lanczos_vectors(k.lanczos_steps), hv,
+            f"{k.method}: {k.slq_runs} SLQ runs × {k.lanczos_steps} Lanczos steps")
+    if k.lyapunov and k.method != "lyapunov":
+        hv = k.lyap_steps * k.lyap_m
+        add("Lyapunov", k.lyap_steps * (grad + hvp1 + (k.lyap_m - 1) * hvp), 6 * k.lyap_m + 2, hv,
+            f"m = {k.lyap_m} tangent vectors × {k.lyap_steps} steps")
+    # evaluation runs at its own batch size; the sliding-window perplexity's windows are counted in examples
+    eval_sec = (math.ceil(k.eval_test / k.eval_batch_size) + math.ceil(k.eval_train / k.eval_batch_size)) \
+        * probe.t_forward * probe.scale(k.eval_batch_size) + _window_seconds(probe, k)
+    logits = 3.0 * k.eval_batch_size * k.lm_tokens_per_example * k.vocab * 4
+    add("evaluate", eval_sec, 0, 0, f"{k.eval_test} test + {k.eval_train} train examples, batch {k.eval_batch_size}",
+        extra_bytes=logits)
+    if k.compress:
+        hv = k.curvature_batches * (k.curvature_probes + k.curvature_pairs)
+        curv = k.curvature_batches * (hvp1 - hvp) + hv * hvp  # one graph per batch, then one backward pass per product
+        what = (f"curvature: {k.curvature_batches} batches × ({k.curvature_probes} probes + {k.curvature_pairs} "
+                f"rank costs); " if k.curvature_batches else "")
+        add("plan+compress", eval_sec + curv + 2 * vec / 200e6, 1 + (2 * k.lyap_m if k.lyapunov else 0), hv,
+            what + "plan, compress a copy, evaluate it",
+            extra_bytes=logits + (k.curvature_bytes if k.curvature_batches else 0))
+        if k.remeasure:
+            est = stages[1] if k.sgd_steps > 0 else stages[0]
+            add("re-measure SD", est.seconds + vec / 200e6, 1 + (est.peak_bytes - base) / vec, est.hvps,
+                "same estimator on the compressed model")
+    return tuple(stages)
+
+
+
+__all__ = ["GiB", "Knobs", "Probe", "StagePrediction", "lanczos_vectors", "memory_in_use", "predict", "probe_costs"]

@@ -1,0 +1,170 @@
+"""The pre-flight: its cost model against what the stages spend, its picks, its refusals,
+resume, the dry run, and the CLI's thread policy."""
+
+import json
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from sdcompress.cli.main import main, set_threads
+from sdcompress.config import DataConfig, ModelConfig
+from sdcompress.data import BatchStream, load_data
+from sdcompress.data.core import move_batch
+from sdcompress.errors import ConfigError
+from sdcompress.estimator import EstimateConfig, estimate_sd
+from sdcompress.evaluate import EvalConfig
+from sdcompress.models import load_model
+from sdcompress.pipeline import OutputConfig, RunConfig, run_pipeline
+from sdcompress.pipeline.costs import Knobs, Probe, predict, probe_costs
+from sdcompress.pipeline.preflight import PreflightConfig, PreflightResult, pick_settings, refusal
+from sdcompress.pipeline.stages import DRY_RUN_NOTE
+from sdcompress.plan import Plan, PlanConfig
+from sdcompress.train import TrainConfig
+
+GB = 1024 ** 3
+
+
+def gpt2_like_probe(**kw) -> Probe:
+    """A GPT-2-small-sized probe (d = 124M, float32) with round unit costs."""
+    base = dict(device="cpu", d=124_439_808, itemsize=4, n_small=2, t_forward=2.0, t_grad=5.0, t_hvp_first=14.0,
+                t_hvp=10.0, grad_sizes=(2, 8), grad_times=(5.0, 17.0), base_bytes=int(1.5 * GB), hvp_bytes=int(2.5 * GB),
+                threads=2, wall_time_s=40.0)
+    return Probe(**{**base, **kw})
+
+
+def gpt2_like_knobs(**kw) -> Knobs:
+    base = dict(batch_size=16, sgd_steps=100, log_every=100, sharpness_steps=20, eval_batches=4, method="ps", slq_runs=16,
+                lanczos_steps=40, n_batches=20, lyapunov=True, lyap_m=16, lyap_steps=50, eval_test=2308, eval_train=2048,
+                eval_test_cap=None, eval_train_cap=2048, eval_batch_size=64, remeasure=True, compress=True,
+                lm_tokens_per_example=64, vocab=50257, n_test_total=2308, n_train_total=4975)
+    return Knobs(**{**base, **kw})
+
+
+def test_cost_model_by_hand():
+    p = gpt2_like_probe()
+    assert p.scale(2) == 1.0 and p.scale(8) == pytest.approx(17 / 5) and p.scale(14) == pytest.approx(29 / 5)
+    k = gpt2_like_knobs(batch_size=2, sgd_steps=10, log_every=5, sharpness_steps=4, eval_batches=1, slq_runs=3,
+                        lanczos_steps=5, lyap_m=2, lyap_steps=4, eval_test=8, eval_train=8, eval_batch_size=2,
+                        lm_tokens_per_example=0, vocab=0)
+    stages = {s.name: s for s in predict(p, k)}
+    sgd = stages["SGD phase"]  # logs at steps 0, 5, 10: 3 × (forward + 2 eval forwards + 1 + 4 products)
+    assert sgd.hvps == 3 * 5
+    assert sgd.seconds == pytest.approx(10 * 5.0 + 3 * (3 * 2.0 + 14.0 + 4 * 10.0) + 3 * p.d * 4 / 200e6)
+    assert stages["SD estimate"].hvps == 15 and stages["SD estimate"].seconds == pytest.approx(3 * (14.0 + 4 * 10.0))
+    assert stages["Lyapunov"].hvps == 8 and stages["Lyapunov"].seconds == pytest.approx(4 * (5.0 + 14.0 + 10.0))
+    assert stages["evaluate"].seconds == pytest.approx(8 * 2.0)
+    assert stages["re-measure SD"].hvps == 15
+    vec = p.d * 4
+    assert stages["SD estimate"].peak_bytes == p.base_bytes + p.hvp_bytes + (5 + 3) * vec  # full basis + 3 work vectors
+
+
+def test_picks_fit_the_budgets_and_never_raise_a_setting():
+    p, k = gpt2_like_probe(), gpt2_like_knobs()
+    picked, stages, choices, fits = pick_settings(p, k, time_budget_s=1800, memory_budget_bytes=int(7.4 * GB))
+    assert fits and sum(s.seconds for s in stages) <= 1800 and max(s.peak_bytes for s in stages) <= 7.4 * GB
+    assert choices and all("fit" in c for c in choices)  # each choice says why
+    for f in ("batch_size", "sgd_steps", "sharpness_steps", "slq_runs", "lanczos_steps", "lyap_m", "lyap_steps", "eval_test"):
+        assert getattr(picked, f) <= getattr(k, f), f
+    # with room to spare nothing changes
+    same, _, none, ok = pick_settings(p, k, time_budget_s=None, memory_budget_bytes=None)
+    assert ok and same == k and none == []
+    # a built-in's batch (its EoS setting) is never touched
+    b, _, _, _ = pick_settings(p, k, time_budget_s=1800, memory_budget_bytes=int(7.4 * GB), builtin=True)
+    assert b.batch_size == k.batch_size
+
+
+def test_refuses_when_nothing_fits_with_a_concrete_suggestion():
+    p, k = gpt2_like_probe(), gpt2_like_knobs()
+    picked, stages, choices, fits = pick_settings(p, k, time_budget_s=60, memory_budget_bytes=int(7.4 * GB))
+    assert not fits
+    res = PreflightResult(p, {}, stages, 60, int(7.4 * GB), tuple(choices), fits)
+    msg = refusal(res, picked)
+    assert "exceeds the time budget 1.0 min" in msg and "--time-budget" in msg
+    suggested = int(msg.split("--time-budget ")[1].split(",")[0].split()[0])
+    assert suggested >= res.total_seconds  # the suggestion would fit
+    _, _, _, tight = pick_settings(p, k, time_budget_s=None, memory_budget_bytes=int(2 * GB))
+    assert not tight  # below the resident size plus one product: nothing fits
+    _, _, _, strict = pick_settings(p, k, time_budget_s=1800, memory_budget_bytes=None, adjust=False)
+    assert not strict  # --no-adjust only predicts
+
+
+def test_predicted_products_and_time_match_a_real_estimate():
+    """On a small GPT-2 the SD estimate spends exactly the predicted products, and its time in
+    gradient-equivalents (measured against a gradient timed next to it) is within the bound."""
+    torch.manual_seed(0)
+    loaded = load_model("tiny-gpt2", seed=0, block_size=32, n_embd=64, n_layer=2, n_head=2)
+    data = load_data("pydoc", block_size=32)
+    stream = BatchStream(data.train, 16, seed=0)
+    probe = probe_costs(loaded, move_batch(stream.batch(0), "cpu"))
+    assert probe.d == sum(p.numel() for p in loaded.model.parameters()) and probe.t_hvp > 0 and probe.hvp_bytes >= 0
+    k = gpt2_like_knobs(batch_size=16, sgd_steps=0, slq_runs=4, lanczos_steps=12, lyapunov=False, eval_test=0, eval_train=0,
+                        eval_batch_size=16, compress=False)
+    pred = {s.name: s for s in predict(probe, k)}["SD estimate"]
+    t = time.perf_counter()
+    est = estimate_sd(loaded.model, stream, lr=0.3, method="ps", slq_runs=4, lanczos_steps=12, n_bootstrap=0, n_quantiles=200)
+    measured = time.perf_counter() - t
+    assert est.n_hvp == pred.hvps == 48
+    ratio = pred.seconds / measured
+    assert 0.4 < ratio < 2.5, (pred.seconds, measured)  # generous under a shared machine's load; see results/bench
+
+
+def small_config(out, **kw) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig("tiny-gpt2", options=dict(n_embd=8, n_layer=1, n_head=2)),
+        data=DataConfig(batch_size=8, block_size=16),
+        train=TrainConfig(lr=0.3, steps=12, log_every=6, sharpness_steps=3, eval_batches=1, checkpoint_every=1000),
+        estimate=EstimateConfig(method="ps", slq_runs=3, lanczos_steps=8, n_quantiles=200, n_bootstrap=10,
+                                lyapunov_exponents=3, lyapunov_steps=4, lyapunov_warmup=1),
+        plan=PlanConfig(budget={"params_fraction": 0.5}, below_floor=True),
+        evaluate=EvalConfig(max_test_examples=48, max_train_examples=48, batch_size=24),
+        output=OutputConfig(dir=str(out)), **kw,
+    )
+
+
+def test_pipeline_writes_preflight_and_resumes_with_its_picks(tmp_path):
+    out = tmp_path / "run"
+    cfg = small_config(out, dry_run=True)
+    dry = run_pipeline(cfg)
+    assert (out / "preflight.json").is_file() and not (out / "lyapunov").exists()  # dry run: stops before Lyapunov
+    assert DRY_RUN_NOTE in Plan.load(out / "plan.json").notes
+    assert dry.preflight is not None and dry.preflight["settings"]["lyapunov"] is True  # the full run's picks
+    saved = PreflightResult.load(out / "preflight.json")
+    assert saved.fits and [s.name for s in saved.stages] == ["SD estimate", "Lyapunov", "evaluate", "plan+compress",
+                                                            "re-measure SD"]
+    report = run_pipeline(replace(cfg, dry_run=False))  # resumes: the same preflight.json, then Lyapunov, a new plan
+    assert json.loads((out / "preflight.json").read_text()) == saved.to_dict()
+    assert (out / "lyapunov").is_dir() and DRY_RUN_NOTE not in Plan.load(out / "plan.json").notes
+    assert report.preflight == saved.to_dict()
+    assert "## Pre-flight" in (out / "report.md").read_text()
+
+
+def test_cli_refuses_a_run_that_does_not_fit_and_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    code = main(["tiny-gpt2", "--output-dir", str(out), "--time-budget", "0.001", "-q",
+                 "--set", "model.options={n_embd: 8, n_layer: 1, n_head: 2}", "--set", "train.steps=12",
+                 "--set", "train.log_every=6", "--set", "data.block_size=16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit" in err and "--time-budget" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert main(["tiny-gpt2", "--memory-budget", "0", "-q"]) == 2
+    assert "--memory-budget must be > 0" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="time_budget_s must be a positive number"):
+        PreflightConfig(time_budget_s=-1)
+
+
+def test_thread_policy(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        import os
+
+        assert set_threads(None) == len(os.sched_getaffinity(0)) == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads(None) == 1 == torch.get_num_threads()
+        assert set_threads(2) == 2 == torch.get_num_threads()
+        with pytest.raises(ConfigError, match="--threads must be ≥ 1"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
