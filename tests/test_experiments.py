@@ -286,3 +286,20 @@ def test_quick_eos_grid_columns_exclusions_and_confound(tmp_path, monkeypatch):
     # a rerun reuses every finished run (resume), and gives the same statistics
     monkeypatch.setattr(eos_grid, "run_one", lambda *a, **k: pytest.fail("retrained a finished run"))
     assert json.dumps(eos_grid.run(cfg, tmp_path)["pooled"]) == json.dumps(payload["pooled"])
+
+
+def test_grokking_seed_spread_groups_seeds_and_reports_both_minima():
+    def res(name, seed, hidden, sds):
+        rows = [{"step": 10 * i, "sd_over_d": v} for i, v in enumerate(sds)]
+        t = {"memorised_step": 10, "end_step": 20, "final_test_acc": 0.9, "sd_over_d_min_in_window": min(sds[1:3]),
+             "sd_over_d_min_step": 10 * (1 + int(np.argmin(sds[1:3])))}
+        return {"variant": {**vars(grokking.GrokVariant(name=name, seed=seed, hidden=hidden))}, "rows": rows, "transition": t}
+
+    results = [res("a", 0, 8, [0.9, 0.8, 0.7, 0.5]), res("a-s1", 1, 8, [0.9, 0.6, 0.7, 0.65]), res("other", 0, 16, [0.9, 0.8, 0.7, 0.6])]
+    spread = grokking.seed_spread(results)
+    assert list(spread) == ["a"] and spread["a"]["seeds"] == [0, 1]  # "other" differs in width: not a seed of "a"
+    win = spread["a"]["sd_over_d_min_in_window"]
+    assert win["per_seed"] == [0.7, 0.6] and win["mean"] == pytest.approx(0.65) and win["std"] == pytest.approx(math.sqrt(0.005))
+    assert spread["a"]["sd_over_d_min_overall"]["per_seed"] == [0.5, 0.6]
+    assert spread["a"]["sd_over_d_min_overall_step"]["per_seed"] == [30, 10]
+    assert "end_step" in spread["a"] and "sd_over_d_at_end" not in spread["a"]  # keys missing in a transition are left out
