@@ -322,7 +322,9 @@ def markdown_report(cfg: EosGridConfig, stats: dict[str, Any]) -> str:
         lines += [f"### the weight-decay confound ({c['sd']}/d, {c['n_runs']} runs)", "", f"τ(wd, SD/d) = {c['tau_wd_sd']:+.3f}.", ""]
         for gap in GAPS:
             within = "; ".join(f"wd {w}: {s['tau']:+.3f} {_ci(s['tau_ci'])}" for w, s in c[f"slices_{gap}"].items())
-            beyond = "yes" if c[f"sd_beyond_wd_{gap}"] else "no"
+            beyond = "no"
+            if c[f"sd_beyond_wd_{gap}"]:
+                beyond = "yes, SD rises with the gap" if c[f"slope_{gap}"] > 0 else "yes, but SD falls as the gap grows"
             lines.append(f"- {gap}: τ(wd, gap) = {c[f'tau_wd_{gap}']:+.3f}; τ within slices: {within}; partial τ(SD, gap | wd) = "
                          f"{c[f'partial_tau_{gap}']:+.3f} {_ci(c[f'partial_tau_{gap}_ci'])}; slope of gap on SD/d within wd = "
                          f"{c[f'slope_{gap}']:+.3g} {_ci(c[f'slope_{gap}_ci'])}. SD tells something beyond wd (interval excludes 0): **{beyond}**.")
