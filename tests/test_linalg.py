@@ -312,7 +312,7 @@ def test_lean_lanczos_holds_only_a_few_vectors(tmp_path):
     out = subprocess.run([sys.executable, str(script), "none"], capture_output=True, text=True, env=env, check=True).stdout.split()
     grown, top = int(out[0]), float(out[1])
     vec = 2_000_000 * 4
-    assert top == pytest.approx(3.0, rel=1e-2)  # float32 sums over 2M entries
+    assert top == pytest.approx(3.0, abs=1e-3)  # dots accumulate in float64 (a float32 BLAS dot gave 3.006 at d = 16M)
     assert grown < 8 * vec  # the basis would be 40 vectors (320 MB); predicted work: 4 vectors + temporaries
     assert lanczos_memory_bytes(2_000_000, 40, torch.float32, "none") == 4 * vec
 
