@@ -123,7 +123,7 @@ def test_step_jacobian_with_weight_decay(mlp64):
     expected = (1 - lr * wd) * torch.eye(loss.d, dtype=torch.float64) - lr * H
     assert torch.allclose(J.to_dense(), expected, atol=1e-12)
     assert J.n_hvp == loss.d
-    with pytest.raises(ConfigError, match="learning rate"):
+    with pytest.raises(ConfigError, match="lr must be a finite number > 0"):
         StepJacobian(HessianOperator(loss, batch), 0.0)
 
 

@@ -47,7 +47,7 @@ def test_cost_model_by_hand():
     assert p.scale(2) == 1.0 and p.scale(8) == pytest.approx(17 / 5) and p.scale(14) == pytest.approx(29 / 5)
     k = gpt2_like_knobs(batch_size=2, sgd_steps=10, log_every=5, sharpness_steps=4, eval_batches=1, slq_runs=3,
                         lanczos_steps=5, lyap_m=2, lyap_steps=4, eval_test=8, eval_train=8, eval_batch_size=2,
-                        lm_tokens_per_example=0, vocab=0)
+                        lm_tokens_per_example=0, vocab=0, lanczos_budget=10**12, sharpness_budget=10**12)  # full bases
     stages = {s.name: s for s in predict(p, k)}
     sgd = stages["SGD phase"]  # logs at steps 0, 5, 10: 3 × (forward + 2 eval forwards + 1 + 4 products)
     assert sgd.hvps == 3 * 5
@@ -57,7 +57,11 @@ def test_cost_model_by_hand():
     assert stages["evaluate"].seconds == pytest.approx(8 * 2.0)
     assert stages["re-measure SD"].hvps == 15
     vec = p.d * 4
-    assert stages["SD estimate"].peak_bytes == p.base_bytes + p.hvp_bytes + (5 + 3) * vec  # full basis + 3 work vectors
+    # full basis + 4 work vectors, less the 2 (v, Hv) the probe's workspace already holds
+    assert stages["SD estimate"].peak_bytes == p.base_bytes + p.hvp_bytes + (5 + 4 - 2) * vec
+    lean = {s.name: s for s in predict(p, replace(k, lanczos_budget=5 * vec, sharpness_budget=5 * vec))}
+    assert lean["SD estimate"].peak_bytes == p.base_bytes + p.hvp_bytes + 2 * vec  # O(d): the recurrence alone
+    assert lean["SGD phase"].hvps == 3 * (1 + 2 * 4)  # λ_max's Ritz vector by replaying the recurrence
 
 
 def test_picks_fit_the_budgets_and_never_raise_a_setting():

@@ -263,19 +263,35 @@ class Knobs:
     curvature_probes: int = 0
     curvature_pairs: int = 0  # (module, rank) truncation costs, one product each per batch
     curvature_bytes: int = 0  # the truncation deltas it keeps
+    reorth: str = "auto"  # estimate.reorth as configured
+    lanczos_budget: int | None = None  # bytes an SLQ Lanczos run may use (estimate.memory_budget; None: linalg's default)
+    sharpness_budget: int | None = None  # the same for the SGD phase's λ_max runs (they use linalg's default)
     window_context: int = 0  # sliding-window perplexity of the test text (0: off): context and stride in tokens
     window_stride: int = 0
 
 
-def lanczos_vectors(steps: int) -> int:
-    """d-vectors a Lanczos run of ``steps`` keeps (basis plus work vectors)."""
-    try:  # a memory-lean Lanczos (three-term recurrence) keeps O(1) vectors when it exists
-        from sdcompress.linalg import lanczos as _lz
+#: d-vectors the probe's measured workspace already holds (the vector v and its product H v)
+_PROBE_VECTORS = 2
 
-        lean = getattr(_lz, "LEAN_VECTORS", None)
-    except ImportError:  # pragma: no cover
-        lean = None
-    return int(lean) if lean is not None else steps + 3
+
+def lanczos_vectors(probe: Probe, steps: int, mode: str, *, keep_basis: bool = False) -> float:
+    """d-vectors one Lanczos run keeps (basis and work vectors) in reorthogonalisation ``mode``
+    (:func:`sdcompress.linalg.lanczos.lanczos_memory_bytes`)."""
+    from sdcompress.linalg.lanczos import lanczos_memory_bytes
+
+    dtype = {8: torch.float64, 4: torch.float32, 2: torch.float16}.get(probe.itemsize, torch.float32)
+    total = lanczos_memory_bytes(probe.d, steps, dtype, mode, keep_basis=keep_basis) / (probe.d * probe.itemsize)
+    # two of its work vectors (the vector multiplied and the product) were already in the probe's workspace
+    return max(total - _PROBE_VECTORS, 0.0)
+
+
+def lanczos_mode(probe: Probe, steps: int, budget: int | None, reorth: str = "auto") -> str:
+    """The mode a run of ``steps`` takes under ``budget`` bytes (``None``: the linalg default)."""
+    from sdcompress.linalg.lanczos import choose_reorth
+
+    dtype = {8: torch.float64, 4: torch.float32, 2: torch.float16}.get(probe.itemsize, torch.float32)
+    device = torch.device(probe.device)
+    return choose_reorth(probe.d, min(steps, probe.d), dtype, memory_budget=budget, device=device, reorth=reorth)
 
 
 def _window_seconds(probe: Probe, k: Knobs) -> float:
@@ -303,11 +319,16 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
 
     if k.sgd_steps > 0:
         logs = len({t for t in range(0, k.sgd_steps + 1) if t % k.log_every == 0 or t == k.sgd_steps})
-        hv = logs * (k.sharpness_steps + 1)
-        sec = k.sgd_steps * grad + logs * ((1 + 2 * k.eval_batches) * fwd + hvp1 + k.sharpness_steps * hvp)
+        # λ_max: a Lanczos run and the residual of its Ritz vector; without a kept basis the
+        # Ritz vector is formed by replaying the recurrence (steps more products)
+        mode = lanczos_mode(probe, k.sharpness_steps, k.sharpness_budget)
+        per = k.sharpness_steps + 1 + (k.sharpness_steps if mode != "full" else 0)
+        hv = logs * per
+        sec = k.sgd_steps * grad + logs * ((1 + 2 * k.eval_batches) * fwd + hvp1 + (per - 1) * hvp)
         sec += 3 * vec / 200e6  # checkpoint and trained/ written (≈ 200 MB/s)
-        add("SGD phase", sec, 2 + lanczos_vectors(k.sharpness_steps), hv,
-            f"{k.sgd_steps} steps, batch {k.batch_size}, λ_max by {k.sharpness_steps} Lanczos steps at {logs} points")
+        add("SGD phase", sec, 2 + lanczos_vectors(probe, k.sharpness_steps, mode) + (mode != "full"), hv,
+            f"{k.sgd_steps} steps, batch {k.batch_size}, λ_max by {k.sharpness_steps} Lanczos steps ({mode}) at {logs} points")
+    lmode = lanczos_mode(probe, k.lanczos_steps, k.lanczos_budget, k.reorth)
     if k.method == "exact":
         hv = k.n_batches * probe.d
         add("SD estimate", k.n_batches * (hvp1 + probe.d * hvp), 0, hv, f"exact, {k.n_batches} dense Hessians",
@@ -318,8 +339,9 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
             f"Lyapunov m = {k.lyap_m} × {k.lyap_steps} steps")
     else:
         hv = k.slq_runs * k.lanczos_steps
-        add("SD estimate", k.slq_runs * (hvp1 + (k.lanczos_steps - 1) * hvp), lanczos_vectors(k.lanczos_steps), hv,
-            f"{k.method}: {k.slq_runs} SLQ runs × {k.lanczos_steps} Lanczos steps")
+        add("SD estimate", k.slq_runs * (hvp1 + (k.lanczos_steps - 1) * hvp),
+            lanczos_vectors(probe, k.lanczos_steps, lmode), hv,
+            f"{k.method}: {k.slq_runs} SLQ runs × {k.lanczos_steps} Lanczos steps ({lmode} reorthogonalisation)")
     if k.lyapunov and k.method != "lyapunov":
         hv = k.lyap_steps * k.lyap_m
         add("Lyapunov", k.lyap_steps * (grad + hvp1 + (k.lyap_m - 1) * hvp), 6 * k.lyap_m + 2, hv,
@@ -346,4 +368,4 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
 
 
 
-__all__ = ["GiB", "Knobs", "Probe", "StagePrediction", "lanczos_vectors", "memory_in_use", "predict", "probe_costs"]
+__all__ = ["GiB", "Knobs", "Probe", "StagePrediction", "lanczos_mode", "lanczos_vectors", "memory_in_use", "predict", "probe_costs"]

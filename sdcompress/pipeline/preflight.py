@@ -54,6 +54,7 @@ from sdcompress.pipeline.costs import (
     StagePrediction,
     _fmt_b,
     _fmt_s,
+    lanczos_mode,
     lanczos_vectors,
     memory_in_use,
     predict,
@@ -270,19 +271,24 @@ def _memory_caps(probe: Probe, k: Knobs, mem_budget: int | None) -> list[str]:
     room = (mem_budget - probe.base_bytes - probe.hvp_bytes) / vec  # d-vectors that fit next to a product
     if k.compress and k.remeasure:
         room -= 1  # the re-measure runs with the compressed copy beside the original
-    if k.method in ("ps", "kde", "slq") and lanczos_vectors(k.lanczos_steps) > room:
-        L = k.lanczos_steps
-        while L > 2 and lanczos_vectors(L) > room:
-            L -= 1
-        if L != k.lanczos_steps:
-            notes.append(f"{L} Lanczos steps (a {k.lanczos_steps}-vector basis does not fit in memory)")
-            k.lanczos_steps = L
-    if k.sgd_steps > 0 and 2 + lanczos_vectors(k.sharpness_steps) > room:
-        s = k.sharpness_steps
-        while s > 2 and 2 + lanczos_vectors(s) > room:
-            s -= 1
-        notes.append(f"λ_max by {s} Lanczos steps (a {k.sharpness_steps}-vector basis does not fit in memory)")
-        k.sharpness_steps = s
+    if k.method in ("ps", "kde", "slq"):
+        # the Lanczos runs get what is left next to a product; "auto" then keeps the most accurate
+        # basis that fits (full, half precision, or none: the three-term recurrence in O(d))
+        k.lanczos_budget = max(int(room * vec), 1)
+        mode = lanczos_mode(probe, k.lanczos_steps, k.lanczos_budget, k.reorth)
+        if mode != "full":
+            notes.append(f"Lanczos with {mode} reorthogonalisation (a {k.lanczos_steps}-vector basis in full precision "
+                         "does not fit in memory)")
+        if lanczos_vectors(probe, k.lanczos_steps, mode) > room:
+            notes.append("not even the O(d) Lanczos recurrence fits in memory")
+    if k.sgd_steps > 0:
+        mode = lanczos_mode(probe, k.sharpness_steps, k.sharpness_budget)  # linalg's default budget
+        if 3 + lanczos_vectors(probe, k.sharpness_steps, mode) > room and mode == "full":
+            s = k.sharpness_steps
+            while s > 2 and 3 + lanczos_vectors(probe, s, mode) > room:
+                s -= 1
+            notes.append(f"λ_max by {s} Lanczos steps (a {k.sharpness_steps}-vector basis does not fit in memory)")
+            k.sharpness_steps = s
     if k.lyapunov and 6 * k.lyap_m + 2 > room:
         m = int((room - 2) // 6)
         if m < 2:
@@ -417,7 +423,7 @@ def knobs_for(cfg: Any, trained: Any, *, lyapunov: bool) -> Knobs:
     curv_batches, pairs, curv_bytes = _curvature(cfg, trained)
     return Knobs(
         curvature_batches=curv_batches, curvature_probes=cfg.plan.curvature_probes, curvature_pairs=pairs,
-        curvature_bytes=curv_bytes,
+        curvature_bytes=curv_bytes, reorth=e.reorth, lanczos_budget=e.memory_budget,
         batch_size=cfg.data.batch_size, sgd_steps=tr.steps if trained.pending else 0, log_every=tr.log_every,
         sharpness_steps=tr.sharpness_steps, eval_batches=tr.eval_batches, method=e.method, slq_runs=e.slq_runs,
         lanczos_steps=e.lanczos_steps, n_batches=e.n_batches, lyapunov=lyapunov, lyap_m=e.lyapunov_exponents,
@@ -440,6 +446,7 @@ def settings_of(k: Knobs, cfg: Any) -> dict[str, Any]:
         "estimate.lanczos_steps": k.lanczos_steps, "estimate.lyapunov_exponents": k.lyap_m,
         "estimate.lyapunov_steps": k.lyap_steps, "estimate.lyapunov_warmup": warmup,
         "evaluate.max_test_examples": k.eval_test_cap, "evaluate.max_train_examples": k.eval_train_cap,
+        "estimate.memory_budget": k.lanczos_budget if k.lanczos_budget is not None else e.memory_budget,
         "evaluate.batch_size": k.eval_batch_size, "plan.curvature_batches": k.curvature_batches if k.curvature_pairs
         else cfg.plan.curvature_batches,
     }

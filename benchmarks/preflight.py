@@ -1,0 +1,154 @@
+"""Benchmark: the pre-flight's predicted stage times and peak memory against a real run.
+
+For each case the main job runs once (``run_pipeline`` with the CLI's defaults for that
+model, a few settings lowered so a case takes minutes on 2 busy cores, and no time limit
+so the pre-flight changes nothing); a log handler splits the run at the pipeline's
+``[k/5]`` stage lines and records each stage's wall-clock seconds and peak resident
+memory. The pre-flight's per-stage predictions are summed to the same stages:
+
+    [1/5] model and training   ↔ SGD phase (the measured time excludes the probe itself)
+    [2/5] estimate             ↔ SD estimate + Lyapunov + evaluate (before)
+    [3/5] plan and compress    ↔ plan+compress (curvature, compression, evaluation)
+    [4/5] save and re-measure  ↔ re-measure SD
+
+Writes ``results/bench/preflight.json`` (every number) and ``preflight.md`` (the table),
+with the machine load (``os.getloadavg``) next to the timings. Run::
+
+    nice -n 10 python benchmarks/preflight.py          # both cases
+    python benchmarks/preflight.py --quick --out /tmp/pf # smaller, for a smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gpt2_small import make_model_folder  # noqa: E402
+from gpu import StageMeter  # noqa: E402
+
+from sdcompress.io import write_json_atomic  # noqa: E402
+
+GROUPS = {"[1/5]": ("SGD phase",), "[2/5]": ("SD estimate", "Lyapunov", "evaluate"), "[3/5]": ("plan+compress",),
+          "[4/5]": ("re-measure SD",)}
+
+
+def cases(quick: bool, work: Path) -> list[dict[str, Any]]:
+    """(name, model, CLI overrides) of each case."""
+    small = ["estimate.slq_runs=6", "estimate.lanczos_steps=20", "estimate.lyapunov_exponents=6",
+             "estimate.lyapunov_steps=20", "estimate.lyapunov_warmup=4", "evaluate.max_test_examples=256",
+             "evaluate.max_train_examples=256"]
+    if quick:
+        small = ["estimate.slq_runs=2", "estimate.lanczos_steps=6", "estimate.lyapunov_exponents=2",
+                 "estimate.lyapunov_steps=4", "estimate.lyapunov_warmup=1", "evaluate.max_test_examples=32",
+                 "evaluate.max_train_examples=32", "plan.curvature_batches=1"]
+    width = 32 if quick else 128
+    gpt2 = make_model_folder(work / "gpt2-2x128", n_layer=2, n_embd=width, n_head=4, n_positions=64, vocab_size=257)
+    return [
+        {"name": f"GPT-2 2 layers × {width} (a save_pretrained folder: SGD phase from the checkpoint)", "model": str(gpt2),
+         "set": small + ["train.steps=" + ("6" if quick else "40"), "train.log_every=" + ("3" if quick else "20"),
+                         "data.batch_size=16", "train.lr=0.05"]},
+        {"name": "digits MLP (built-in, trained at EoS, cached)", "model": "mlp", "set": small},
+    ]
+
+
+def run_case(case: dict[str, Any], out: Path) -> dict[str, Any]:
+    from sdcompress.cli.main import build_parser
+    from sdcompress.cli.run import config_from_args
+    from sdcompress.pipeline import run_pipeline
+
+    argv = [case["model"], "--target-rank", "auto", "--output-dir", str(out), "--overwrite", "--time-budget", "0"]
+    for s in case["set"]:
+        argv += ["--set", s]
+    if case["model"] != "mlp":
+        argv += ["--dataset", "pydoc"]
+    parser, _ = build_parser(argv)
+    cfg = config_from_args(parser.parse_args(argv))
+    cfg.device = "cpu"
+    log = logging.getLogger("sdcompress")
+    log.setLevel(logging.INFO)
+    meter = StageMeter(torch.device("cpu"))
+    log.addHandler(meter)
+    load0 = os.getloadavg()
+    start = time.perf_counter()
+    try:
+        report = run_pipeline(cfg)
+    finally:
+        rows = meter.finish()
+        log.removeHandler(meter)
+    pre = report.preflight
+    stages = {s["name"]: s for s in pre["stages"]}
+    table = []
+    for row in rows:
+        key = row["stage"][:5]
+        if key not in GROUPS:
+            continue
+        names = [n for n in GROUPS[key] if n in stages]
+        predicted = sum(stages[n]["seconds"] for n in names)
+        measured = row["seconds"] - (pre["probe"]["wall_time_s"] if key == "[1/5]" else 0.0)
+        table.append({"stage": row["stage"], "predicted_from": names, "predicted_s": predicted, "measured_s": measured,
+                      "ratio": predicted / measured if measured > 0 else None,
+                      "predicted_peak_bytes": max((stages[n]["peak_bytes"] for n in names), default=None),
+                      "measured_peak_bytes": row["peak_bytes"],
+                      "predicted_hvps": sum(stages[n]["hvps"] for n in names)})
+    return {"case": case["name"], "command": "sdcompress " + " ".join(argv), "load_before": load0,
+            "load_after": os.getloadavg(), "threads": torch.get_num_threads(), "total_s": time.perf_counter() - start,
+            "probe": pre["probe"], "stages": table, "preflight": pre}
+
+
+def markdown(records: list[dict[str, Any]]) -> str:
+    lines = ["# Pre-flight: predicted against measured, per stage", "",
+             "Made by `python benchmarks/preflight.py` (one CPU thread per torch op pool as set; the machine is shared, "
+             "so the load average is given with each case). Predicted times come from one gradient and one "
+             "Hessian-vector product timed on the real batch; a stage's measured time is its wall clock between the "
+             "pipeline's `[k/5]` log lines (stage 1 without the probe itself). Memory: peak resident set size.", ""]
+    for r in records:
+        p = r["probe"]
+        lines += [f"## {r['case']}", "", f"`{r['command']}`", "",
+                  f"d = {p['d']:,}; one gradient {p['t_grad'] * 1e3:.1f} ms, one product {p['t_hvp'] * 1e3:.1f} ms "
+                  f"({p['t_hvp_first'] * 1e3:.1f} ms the first) at {p['n_small']} examples; {r['threads']} threads; "
+                  f"load average {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after; total {r['total_s']:.1f} s.",
+                  "", "| stage | predicted from | products | predicted s | measured s | predicted / measured | "
+                  "predicted peak (MiB) | measured peak (MiB) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for s in r["stages"]:
+            ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}"
+            pk = "n/a" if s["predicted_peak_bytes"] is None else f"{s['predicted_peak_bytes'] / 2**20:.0f}"
+            lines.append(f"| {s['stage'][:40]} | {', '.join(s['predicted_from']) or '-'} | {s['predicted_hvps']} | "
+                         f"{s['predicted_s']:.2f} | {s['measured_s']:.2f} | {ratio} | {pk} | "
+                         f"{s['measured_peak_bytes'] / 2**20:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke check)")
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench"), help="where preflight.{json,md} go")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="preflight-bench-"))
+    records = [run_case(c, work / f"run{i}") for i, c in enumerate(cases(args.quick, work))]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "preflight.json", {"records": records})
+    (out / "preflight.md").write_text(markdown(records))
+    print(markdown(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
