@@ -94,8 +94,8 @@ def load_setting(name: str, quick: bool):
     return pretrained_builtin(builtin, train_config=tc, data_config=dc, model_options=options or None)
 
 
-def run_setting(name: str, budgets: list[float], est_cfg: EstimateConfig, quick: bool) -> dict:
-    """Every plan of one setting and its test loss."""
+def run_setting(name: str, budgets: list[float], est_cfg: EstimateConfig, quick: bool, est_dir: Path | None = None) -> dict:
+    """Every plan of one setting and its test loss (``est_dir``: reuse / keep the SD estimate there)."""
     t0 = time.perf_counter()
     loaded, data, result = load_setting(name, quick)
     model = loaded.model
@@ -104,8 +104,16 @@ def run_setting(name: str, budgets: list[float], est_cfg: EstimateConfig, quick:
     stream = BatchStream(data.train, bs, seed=result.data_config.seed)
     t = time.perf_counter()
     est_cfg = replace(est_cfg, method=SETTINGS[name][5])
-    est = estimate_sd(model, stream, lr=lr, weight_decay=wd, loss_fn=loaded.loss_fn, config=est_cfg)
-    est_time = time.perf_counter() - t
+    from sdcompress.estimator.result import SDEstimate
+
+    if est_dir is not None and (est_dir / "estimates.json").is_file():
+        est = SDEstimate.load(est_dir)
+        logger.info("reusing the SD estimate in %s (made in %.0f s)", est_dir, est.wall_time_s)
+    else:
+        est = estimate_sd(model, stream, lr=lr, weight_decay=wd, loss_fn=loaded.loss_fn, config=est_cfg)
+        if est_dir is not None:
+            est.save(est_dir)
+    est_time = est.wall_time_s
     logger.info("%s: %s", name, est.summary())
     targets = SETTINGS[name][6]
     modules = describe_modules(model, targets)
@@ -332,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         est_cfg = replace(est_cfg, slq_runs=4, lanczos_steps=20, n_bootstrap=20, n_batches=2)
     results = []
     for m in args.models:
-        r = run_setting(m, args.budgets, est_cfg, args.quick)
+        r = run_setting(m, args.budgets, est_cfg, args.quick, None if args.quick else out / "estimates" / m)
         r["analysis"] = analyse(r)
         results.append(r)
     meta = {"command": "python benchmarks/compression.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -30,10 +30,12 @@ import argparse
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -176,6 +178,113 @@ def bench_curvlinops(s: dict[str, Any], k: int, repeats: int) -> dict[str, Any]:
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:400]}
 
 
+# --- 1b. HVP cost in plain gradients, side by side with PyHessian (results/bench/hvp.*) --------------
+
+
+def hvp_setups() -> dict[str, dict[str, Any]]:
+    """A 120k GPT-2 (tiny-gpt2 at width 64), tiny-gpt2 and the digits MLP, each with one batch."""
+    out = {}
+    ids = BatchStream(pydoc(block_size=64).train, 8, seed=0).batch(0)["input_ids"]
+    for name, kw in (("gpt2-120k", {"n_embd": 64}), ("tiny-gpt2", {})):
+        m = tiny_gpt2(seed=0, **kw).eval()
+        out[name] = dict(model=m, loss=FunctionalLoss(m), batch={"input_ids": ids, "labels": ids}, tensor_model=LogitsOnly(m),
+                         X=ids, y=ids[:, 1:].reshape(-1), batch_desc="8 × 64 tokens")
+    torch.manual_seed(0)
+    mlp = MLP((64, 16, 16, 10))
+    x, y = BatchStream(digits().train, 64, seed=0).batch(0)
+    out["mlp"] = dict(model=mlp, loss=FunctionalLoss(mlp), batch=(x, y), tensor_model=mlp, X=x, y=y, batch_desc="64 images")
+    return out
+
+
+def bench_hvp_cost(s: dict[str, Any], rounds: int, k: int = 32) -> dict[str, Any]:
+    """Per-vector cost of each path in plain gradients, measured in ``rounds`` interleaved rounds.
+
+    Each round times every path (best of 3 × ≥ 0.2 s) and divides by that round's plain
+    gradient (``loss.backward()`` on the model's own parameters), so a load change between
+    rounds moves numerator and denominator together. Reported: median and [min, max].
+    """
+    from sdcompress.linalg import HessianOperator
+    from sdcompress.models.functional import model_loss
+
+    model, loss, batch = s["model"], s["loss"], s["batch"]
+    w = loss.params_vector()
+    gen = torch.Generator().manual_seed(0)
+    v, V = torch.randn(loss.d, generator=gen), torch.randn(k, loss.d, generator=gen)
+    op = HessianOperator(loss, batch, w)
+    op.matvec(v)  # builds the kept graph once, as a Lanczos run does
+
+    def plain() -> None:
+        model.zero_grad(set_to_none=True)
+        model_loss(model, batch).backward()
+
+    def functional() -> None:
+        x = w.detach().requires_grad_(True)
+        torch.autograd.grad(loss(x, batch), x)
+
+    paths: dict[str, tuple[Callable[[], Any], int]] = {
+        "plain gradient": (plain, 1),
+        "functional gradient": (functional, 1),
+        "HVP, single vector (default: Lanczos/SLQ)": (lambda: op.matvec(v), 1),
+        f"HVP, block of {k} (default on CPU)": (lambda: op.matmat(V), k),
+        f"HVP, block of {k}, vmap forward-over-reverse": (lambda: batched_hvp(loss, batch, V, w, method="vmap", chunk_size=None), k),
+        "gradient graph build (once per operator)": (lambda: GradientGraph(loss, batch, w), 1),
+    }
+    check = {f"HVP, block of {k} (default on CPU)": op.matmat(V[:3])}
+    try:
+        from pyhessian import hessian as PyHessian
+        from pyhessian.utils import hessian_vector_product
+
+        H = PyHessian(s["tensor_model"], nn.CrossEntropyLoss(), data=(s["X"], s["y"]), cuda=False)
+        split = lambda u: [t.view_as(p) for t, p in zip(u.split([p.numel() for p in H.params]), H.params)]  # noqa: E731
+        vs = split(v)
+        paths["PyHessian, single vector"] = (lambda: hessian_vector_product(H.gradsH, H.params, vs), 1)
+        check["PyHessian, single vector"] = torch.stack([torch.cat([o.reshape(-1) for o in hessian_vector_product(H.gradsH, H.params, split(u))]) for u in V[:3]])
+        pyh = "PyHessian 0.1"
+    except ImportError as exc:
+        pyh = f"not installed ({exc}); pip install pyhessian"
+    ref = batched_hvp(loss, batch, V[:3], w, method="vmap")
+    diffs = {name: float((c - ref).abs().max() / ref.abs().max()) for name, c in check.items()}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    ratios: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, (fn, per) in paths.items():
+            times[name].append(best_time(fn, repeats=3, min_time=0.2) / per)
+        for name in paths:
+            ratios[name].append(times[name][-1] / times["plain gradient"][-1])
+    out: dict[str, Any] = {"d": loss.d, "batch": s["batch_desc"], "pyhessian": pyh, "rounds": rounds, "paths": {}}
+    for name in paths:
+        r = sorted(ratios[name])
+        out["paths"][name] = {"gradients_median": float(np.median(r)), "gradients_min": r[0], "gradients_max": r[-1],
+                              "ms_median": 1e3 * float(np.median(times[name])), "max_rel_diff_vs_vmap": diffs.get(name)}
+        logger.info("  %-50s %.2f [%.2f, %.2f] gradients", name, np.median(r), r[0], r[-1])
+    return out
+
+
+def hvp_markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    models = list(res["models"])
+    lines = ["# Hessian-vector product cost, in plain gradients per vector", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, 1 thread; load average {m['load_average']} at start, "
+             f"{m['load_end']} at the end. Command: `{res['command']}` ({res['seconds']:.0f} s).", "",
+             f"Each cell: median over {res['models'][models[0]]['rounds']} interleaved rounds of (time per vector) / (time of a plain "
+             "gradient, `loss.backward()` on the model's parameters, in the same round), [min, max] over rounds; ms per vector "
+             "(median) after it. PyHessian runs in the same process on the same model and batch.", "",
+             "| path | " + " | ".join(f"{n} (d = {res['models'][n]['d']:,}, {res['models'][n]['batch']})" for n in models) + " |",
+             "| --- | " + " | ".join("---:" for _ in models) + " |"]
+    for name in res["models"][models[0]]["paths"]:
+        cells = []
+        for n in models:
+            r = res["models"][n]["paths"].get(name)
+            cells.append("—" if r is None else f"{r['gradients_median']:.2f} [{r['gradients_min']:.2f}, {r['gradients_max']:.2f}], {r['ms_median']:.3g} ms")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    agree = []
+    for n in models:
+        parts = [f"{k} {v['max_rel_diff_vs_vmap']:.1e}" for k, v in res["models"][n]["paths"].items() if v["max_rel_diff_vs_vmap"] is not None]
+        agree.append(f"{n}: " + ", ".join(parts))
+    lines += ["", "Agreement with vmap forward-over-reverse (max |diff| / max |entry|, float32): " + "; ".join(agree) + ".", ""]
+    return "\n".join(lines)
+
+
 # --- 2. Lyapunov step -----------------------------------------------------------------------------
 
 
@@ -306,9 +415,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     parser.add_argument("--output-dir", default=str(OUT), help="where estimator.json and estimator.md go")
+    parser.add_argument("--hvp-only", action="store_true", help="only the HVP cost table (hvp.json, hvp.md)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the HVP cost table")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
+    if args.hvp_only:
+        t0 = time.perf_counter()
+        res_h: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": 1,
+                                             "torch": torch.__version__, "load_average": [round(x, 2) for x in os.getloadavg()]},
+                                 "command": "python benchmarks/estimator.py " + " ".join(sys.argv[1:]), "models": {}}
+        for name, s in hvp_setups().items():
+            logger.info("HVP cost on %s (d = %d)", name, s["loss"].d)
+            res_h["models"][name] = bench_hvp_cost(s, 2 if args.quick else args.rounds)
+        res_h["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+        res_h["seconds"] = time.perf_counter() - t0
+        out = Path(args.output_dir)
+        write_json_atomic(out / "hvp.json", res_h)
+        write_text_atomic(out / "hvp.md", hvp_markdown(res_h))
+        logger.info("wrote %s", out / "hvp.md")
+        return
     repeats = 2 if args.quick else 5
     k = 8 if args.quick else 32
     res: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": 1,

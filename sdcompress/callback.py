@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -60,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdcompress.config import check_step_size
 from sdcompress.data.core import Batch, move_batch
 from sdcompress.errors import ConfigError
 from sdcompress.io import write_json_atomic
@@ -146,10 +146,7 @@ class SDTracker:
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ConfigError(f"every must be a positive integer number of steps, got {every!r}")
-        if lr is not None:
-            _check_lr(lr)
-        if weight_decay < 0:
-            raise ConfigError(f"weight_decay must be ≥ 0, got {weight_decay}")
+        check_step_size(1.0 if lr is None else lr, weight_decay)  # lr=None: each call passes lr=
         if batches is not None and len(batches) == 0:
             raise ConfigError("batches is empty: pass at least one tracking batch (or None and give maybe_log a batch)")
         if sharpness_steps < 1:
@@ -192,7 +189,7 @@ class SDTracker:
         eta = lr if lr is not None else self.lr
         if eta is None:
             raise ConfigError("the tracker has no step size: pass lr= to SDTracker or to maybe_log")
-        _check_lr(eta)
+        check_step_size(eta)
         batches = self.batches if self.batches is not None else None if batch is None else [batch]
         if not batches:
             raise ConfigError("no batch to measure on: give SDTracker fixed batches or pass maybe_log(step, batch)")
@@ -234,18 +231,13 @@ class SDTracker:
 
 
 def _cycled(batches: list[Batch], config: Any) -> list[Batch]:
-    """The tracking batches repeated to the number the estimator draws (one per SLQ run,
-    exact minibatch or Lyapunov step): the fixed batches are meant to be reused, so the
-    estimator should not warn that it is cycling them."""
-    method = getattr(config, "method", "ps")
-    needed = {"exact": "n_batches", "lyapunov": "lyapunov_steps"}.get(method, "slq_runs")
-    n = max(len(batches), int(getattr(config, needed, len(batches))))
+    """The tracking batches as the estimator should see them: as given (a list gives every
+    batch equal weight: exact uses each once, SLQ gives each the same number of runs), and
+    for ``"lyapunov"`` repeated in order to one batch per step (a periodic trajectory)."""
+    if getattr(config, "method", "ps") != "lyapunov":
+        return list(batches)
+    n = max(len(batches), int(getattr(config, "lyapunov_steps", len(batches))))
     return [batches[i % len(batches)] for i in range(n)]
-
-
-def _check_lr(lr: float) -> None:
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"learning rate must be a finite number > 0, got {lr!r}")
 
 
 try:  # transformers is a dependency; the plain tracker above works without it

@@ -1,7 +1,11 @@
-"""Small file helpers: atomic writes and output-folder rules.
+"""Small file helpers: atomic writes, output-folder rules, file modes and folder locks.
 
 Nothing is ever half-written: files are written to a temporary name in the same folder
-and renamed into place (``os.replace`` is atomic on POSIX).
+and renamed into place (``os.replace`` is atomic on POSIX). Everything written gets one
+mode (files 0666, folders 0777, less the umask: :func:`set_default_modes`). An output
+location that is a regular file or cannot be written is refused before any work
+(:func:`check_writable`), and one process at a time writes into a folder
+(:class:`FolderLock`).
 """
 
 from __future__ import annotations
@@ -256,6 +260,38 @@ class FolderLock:
         os.fsync(fd)
         self._fd = fd
         return self
+
+    def held_elsewhere(self) -> str | None:
+        """Who holds the lock when another process does (``None`` when free), without
+        taking it: a shared ``flock`` probe, so many processes may probe at once.
+
+        Data-parallel ranks that work in a private copy of the folder use it to refuse a
+        folder in use exactly when the main process will.
+        """
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None  # no lock file: free
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return self._holder()
+        finally:
+            os.close(fd)  # closing drops the probe's shared lock
+        return None
+
+    def check_free(self) -> None:
+        """Raise as :meth:`acquire` would when another process holds the lock; take nothing.
+
+        Raises:
+            FolderLockedError: another live process holds it.
+        """
+        holder = self.held_elsewhere()
+        if holder is not None:
+            raise FolderLockedError(f"{self.what} {str(self.folder)!r} is in use by another sdcompress run ({holder}); "
+                                    "wait for it to finish or choose another --output-dir")
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (no-op when not held)."""

@@ -169,3 +169,23 @@ def test_frozen_estimates_are_not_changed_in_place(monkeypatch):
     assert inner.settings == settings_then  # the estimator's own result was left as it was
     assert est is not inner and est.settings["batches"].startswith("a list of 2") and "n_batches" in est.settings
     assert math.isfinite(est.sd)
+
+
+def test_the_tracker_passes_its_fixed_batches_as_given():
+    from sdcompress.callback import SDTracker
+
+    model, batches = _ln_model(), _batches(3)
+    tracker = SDTracker(model, batches, lr=0.5, every=1, sharpness_steps=4,
+                        estimate=EstimateConfig(method="exact", n_batches=20, n_bootstrap=0))
+    record = tracker.measure()
+    ref = estimate_sd(model, batches, lr=0.5, method="exact", n_bootstrap=0)  # each of the 3 batches once
+    assert record["sd"] == pytest.approx(ref.sd, rel=1e-12)
+
+
+def test_too_many_lyapunov_exponents_are_named_as_the_config_field():
+    from sdcompress.config import FieldError
+
+    model = _ln_model()  # d = 69
+    with pytest.raises(FieldError, match=r"estimate.lyapunov_exponents must be at most d = 69 .*got 70") as info:
+        estimate_sd(model, _batches(3), lr=0.5, method="lyapunov", lyapunov_exponents=70, lyapunov_steps=3, lyapunov_warmup=1)
+    assert "n_exponents" not in str(info.value)

@@ -107,7 +107,7 @@ def test_tracker_bad_input() -> None:
     model = _mlp()
     with pytest.raises(ConfigError, match="every must be a positive integer"):
         SDTracker(model, None, lr=LR, every=0)
-    with pytest.raises(ConfigError, match="learning rate must be a finite number > 0, got -1"):
+    with pytest.raises(ConfigError, match="lr must be a finite number > 0, got -1"):
         SDTracker(model, None, lr=-1)
     with pytest.raises(ConfigError, match="no batch to measure on"):
         SDTracker(model, None, lr=LR, every=1).maybe_log(1)

@@ -164,3 +164,26 @@ def test_recipe_errors_name_the_key_path_once(tmp_path):
     with pytest.raises(ConfigError) as info:
         recipe_from_text("data: {batch_size: 0}\n", source="r.yaml")
     assert str(info.value).startswith("r.yaml: data.batch_size: must be an integer ≥ 1, got 0")
+
+
+def test_no_other_range_check_of_the_step_size():
+    """lr/wd are range-checked by check_step_size only (docstrings and plots may mention them)."""
+    import re
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "sdcompress"
+    check = re.compile(r"\bnot\b[^\n#]*\b(?:lr|eta)\s*>\s*0\b|\b(?:lr|eta)\s*<=\s*0\b|\bweight_decay\s*<\s*0\b")
+    hits = [f"{p.relative_to(pkg)}:{i + 1}" for p in pkg.rglob("*.py") if p != pkg / "config.py"
+            for i, line in enumerate(p.read_text().splitlines()) if check.search(line) and "Error:" not in line]
+    assert hits == [], hits
+    assert {"train/config.py", "estimator/estimate.py", "estimator/lyapunov_sgd.py", "linalg/operators.py", "callback.py",
+            "experiments/common.py"} <= {str(p.relative_to(pkg)) for p in pkg.rglob("*.py") if "check_step_size(" in p.read_text()}
+
+
+def test_recipe_shortcut_options_are_reported_under_their_names(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name: mlp}\n")
+    assert main(["recipe", str(recipe), "--seed", "-1", "--check"]) == 2
+    assert "--seed must be an integer ≥ 0, got -1" in _one_line_error(capsys)
+    assert main(["recipe", str(recipe), "--set", "seed=-1", "--check"]) == 2
+    assert "seed: must be an integer ≥ 0, got -1" in _one_line_error(capsys)

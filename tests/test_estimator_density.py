@@ -239,3 +239,20 @@ def test_lean_lanczos_moves_sd_little_on_the_mlp(eos):
     assert sd["none"].extras["module_weight_defect"] > 1e-4  # the three-term basis is not orthogonal
     for name, v in sd["full"].module_sd.items():
         assert sd["none"].module_sd[name] == pytest.approx(v, rel=0.05)
+
+
+def test_reorth_and_memory_budget_settings_reach_the_lanczos_runs(eos):
+    from sdcompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reorth must be one of"):
+        EstimateConfig(reorth="selective").validate()
+    with pytest.raises(ConfigError, match="memory_budget must be a number of bytes"):
+        EstimateConfig(memory_budget=0).validate()
+    with pytest.raises(ConfigError, match="memory_budget must be a number of bytes"):
+        EstimateConfig(memory_budget=True).validate()
+    kw = dict(lr=LR, weight_decay=WD, method="kde", slq_runs=2, lanczos_steps=10, n_bootstrap=0)
+    tight = estimate_sd(eos["model"], eos["batches"], memory_budget=1, **kw)  # nothing fits: O(d)
+    assert tight.settings["reorth"] == "none"
+    roomy = estimate_sd(eos["model"], eos["batches"], memory_budget=10**9, **kw)
+    assert roomy.settings["reorth"] == "full"
+    assert estimate_sd(eos["model"], eos["batches"], reorth="half", **kw).settings["reorth"] == "half"

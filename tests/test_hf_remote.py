@@ -45,6 +45,19 @@ FIRST_LAYER = {"lowrank": "LowRankLinear", "pruned": "MaskedLinear", "int8": "Qu
                "int4": "QuantizedLinear", "mixed": "LowRankLinear"}
 
 
+def _tokenizer():
+    """A small character-level tokenizer built in memory (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(vocab={chr(i + 33): i for i in range(90)}, unk_token="!"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="!")
+
+
+TEXT = "Sharpness~Dimension"
+
+
 def _plan(model: torch.nn.Module, kind: str) -> Plan:
     specs = KINDS[kind]
     mods = eligible_modules(model).items()
@@ -61,9 +74,13 @@ def folders(tmp_path_factory):
         model = tiny_gpt2(seed=1, n_layer=2, n_embd=24, n_head=2).eval()
         plan = _plan(model, kind)
         report = compress_(model, plan)
-        save_compressed(model, root / kind, plan, report)
+        tokenizer = _tokenizer() if kind == "mixed" else None
+        save_compressed(model, root / kind, plan, report, tokenizer=tokenizer)
         export_model(root / kind, root / f"{kind}-dense", "dense")
-        loaded = load_compressed(root / kind).model  # the toolkit's own loader is the reference
+        toolkit = load_compressed(root / kind)  # the toolkit's own loader is the reference
+        loaded = toolkit.model
+        if tokenizer is not None:
+            refs["text_ids"] = torch.tensor(toolkit.tokenizer(TEXT)["input_ids"])
         with torch.no_grad():
             refs[f"{kind}.logits"] = loaded(x).logits.contiguous()
             refs[f"{kind}.generated"] = loaded.generate(x[:, :6], attention_mask=torch.ones_like(x[:, :6]),
@@ -98,6 +115,17 @@ CHILD = textwrap.dedent(
     refs = load_file(f"{root}/refs.safetensors")
     x = refs["x"]
     out = {"blocked": "sdcompress" not in sys.modules}
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(f"{root}/mixed", trust_remote_code=True)
+    out["tokenizer_equal"] = tok(sys.argv[4])["input_ids"] == refs["text_ids"].tolist()
+    dense_tok = AutoTokenizer.from_pretrained(f"{root}/mixed-dense")  # a plain folder: no remote code at all
+    out["dense_tokenizer_equal"] = dense_tok(sys.argv[4])["input_ids"] == refs["text_ids"].tolist()
+    try:  # without trust_remote_code: transformers' own refusal, not the original class with random layers
+        AutoModelForCausalLM.from_pretrained(f"{root}/mixed")
+        out["refused_without_trust"] = "loaded"
+    except ValueError as exc:
+        out["refused_without_trust"] = str(exc)
     for kind in kinds:
         model = AutoModelForCausalLM.from_pretrained(f"{root}/{kind}", trust_remote_code=True)
         attn = model.transformer.h[0].attn
@@ -136,6 +164,7 @@ CHILD = textwrap.dedent(
         again = AutoModelForCausalLM.from_pretrained(sys.argv[3], trust_remote_code=True)
         out["resaved_equal"] = bool(torch.equal(again(x).logits, model(x).logits))
     out["still_blocked"] = "sdcompress" not in sys.modules
+    print()  # the JSON on a line of its own, after transformers' "[y/N]" prompt
     print(json.dumps(out))
     """
 )
@@ -145,12 +174,14 @@ def test_transformers_alone_loads_every_kind(folders, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1",
                TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-I", "-c", CHILD, str(folders), ",".join(KINDS), str(tmp_path / "resaved")],
-                          cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-I", "-c", CHILD, str(folders), ",".join(KINDS), str(tmp_path / "resaved"), TEXT],
+                          cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["blocked"] and out["still_blocked"]
+    assert "trust_remote_code=True" in out["refused_without_trust"]
+    assert out["tokenizer_equal"] and out["dense_tokenizer_equal"]
     for kind in KINDS:
         got = out[kind]
         assert got["class"] == "SdcompressGPT2LMHeadModel" and got["bases"][0] == "GPT2LMHeadModel", got
@@ -172,16 +203,17 @@ def test_folder_holds_the_template_and_auto_map(folders):
     assert (folder / MODELING_FILE).read_bytes() == TEMPLATE.read_bytes()
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP and config["architectures"] == ["SdcompressForCausalLM"]
-    assert config["model_type"] == "gpt2"
+    assert config["model_type"] == "sdcompress" and set(config["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
     block = config[CONFIG_KEY]
     assert block["format_version"] == 1 and block["base_class"] == "GPT2LMHeadModel" and block["dtype"] == "float32"
+    assert block["base_model_type"] == "gpt2"
     plan = Plan.from_dict(json.loads((folder / COMPRESSION_FILE).read_text())["plan"])
     assert set(block["layers"]) == {m.name for m in plan.modules}
     c_attn = block["layers"]["transformer.h.0.attn.c_attn"]
     assert c_attn == {"kind": "lowrank", "in_features": 24, "out_features": 72, "bias": True, "source": "conv1d", "rank": 5}
     dense_config = json.loads((folders / "mixed-dense" / "config.json").read_text())
     assert "auto_map" not in dense_config and CONFIG_KEY not in dense_config
-    assert dense_config["architectures"] == ["GPT2LMHeadModel"]
+    assert dense_config["architectures"] == ["GPT2LMHeadModel"] and dense_config["model_type"] == "gpt2"
     assert not list((folders / "mixed-dense").glob("*.py"))
 
 
@@ -277,10 +309,12 @@ def test_template_refuses_what_it_cannot_read():
 
 
 def test_from_config_builds_the_stored_layers_empty(folders):
-    from transformers import AutoConfig, GPT2Config, GPT2Model
+    from transformers import GPT2Config, GPT2Model
 
-    config = AutoConfig.from_pretrained(str(folders / "mixed"))
+    config = remote.SdcompressConfig.from_pretrained(str(folders / "mixed"))
+    assert config.model_type == "sdcompress" and type(config.base_config()).__name__ == "GPT2Config"
     model = remote.SdcompressForCausalLM._from_config(config, dtype="float64")
+    assert type(model.config).__name__ == "GPT2Config" and model.config.n_embd == 24
     assert type(model).__name__ == "SdcompressGPT2LMHeadModel"
     layer = model.transformer.h[0].mlp.c_fc
     assert isinstance(layer, remote.QuantizedLinear) and layer.rank == 3 and layer.bits == 4
@@ -293,3 +327,16 @@ def test_from_config_builds_the_stored_layers_empty(folders):
 
     assert is_causal_lm(tiny_gpt2()) and not is_causal_lm(GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2)))
     assert not is_causal_lm(MLP(widths=(4, 2)))
+
+
+def test_toolkit_loads_a_tokenizer_without_asking_to_run_code(folders, monkeypatch):
+    asked = []
+
+    def no_prompt(*args):
+        asked.append(args)
+        raise EOFError
+
+    monkeypatch.setattr("builtins.input", no_prompt)
+    loaded = load_compressed(folders / "mixed")
+    assert loaded.tokenizer(TEXT)["input_ids"] == _tokenizer()(TEXT)["input_ids"]
+    assert asked == []  # transformers asks "run the custom code? [y/N]" when it reads model_type sdcompress itself

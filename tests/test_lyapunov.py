@@ -389,11 +389,11 @@ def test_lyapunov_sd_bad_input(digits) -> None:
     lm = load_model("mlp", widths=(64, 4, 10))
     floss = FunctionalLoss(lm.model, loss_fn=lm.loss_fn)
     stream = BatchStream(digits.train, 16, seed=0)
-    with pytest.raises(ConfigError, match="learning rate .* got 0"):
+    with pytest.raises(ConfigError, match="lr must be a finite number > 0, got 0"):
         lyapunov_sd(floss, stream, lr=0.0)
-    with pytest.raises(ConfigError, match="weight decay .* got -0.1"):
+    with pytest.raises(ConfigError, match="weight_decay must be a finite number ≥ 0, got -0.1"):
         lyapunov_sd(floss, stream, lr=0.1, weight_decay=-0.1)
-    with pytest.raises(EstimatorError, match=f"d = {floss.d}, got {floss.d + 1}"):
+    with pytest.raises(ConfigError, match=f"estimate.lyapunov_exponents must be at most d = {floss.d} .*got {floss.d + 1}"):
         lyapunov_sd(floss, stream, lr=0.1, config=_cfg(floss.d + 1, 5, 1))
     with pytest.raises(EstimatorError, match="empty"):
         lyapunov_sd(floss, [], lr=0.1, config=_cfg(2, 5, 1))

@@ -107,9 +107,11 @@ def test_the_cli_uses_the_pipelines_folder_names():
         assert not hard_coded, f"cli/{cli.name} spells {hard_coded}: import the constants"
 
 
-def test_the_cli_does_not_choose_the_device_itself():
+def test_the_cli_does_not_choose_the_device_or_load_models_itself():
     assert not {p for p in _calls("is_available") if p.startswith("cli/")}
     assert {"cli/estimate.py", "cli/train.py"} <= _calls("resolve_device")
+    assert "cli/estimate.py" in _calls("load_trained")  # the main job's loading
+    assert not {p for p in _calls("pretrained_builtin") if p.startswith("cli/")}
 
 
 def test_rank_against_shape_has_one_definition():

@@ -119,6 +119,18 @@ def test_folder_lock_refuses_a_second_holder_and_removes_its_file(tmp_path):
     FolderLock(tmp_path).acquire().release()  # free again
 
 
+def test_lock_probe_used_by_data_parallel_ranks(tmp_path):
+    probe = FolderLock(tmp_path)
+    assert probe.held_elsewhere() is None  # no lock file: free
+    with FolderLock(tmp_path):
+        assert f"pid {os.getpid()}" in (probe.held_elsewhere() or "")
+        with pytest.raises(FolderLockedError, match="in use by another sdcompress run"):
+            probe.check_free()
+    (tmp_path / LOCK_FILE).write_text('{"pid": 999999999}')  # left by a killed run: free
+    probe.check_free()
+    FolderLock(tmp_path).acquire().release()  # probing took nothing
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_log_line(tmp_path, caplog):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 999999999, "host": os.uname().nodename, "since": "yesterday"}))
     with caplog.at_level(logging.WARNING, logger="sdcompress.io"):
@@ -325,6 +337,18 @@ def test_compressed_folder_missing_or_truncated_file_is_named(finished_run, tmp_
         with pytest.raises(CompressionError, match=f"is missing {name}") as info:
             sdcompress.load_model(str(folder))
         assert "do not match the stored plan" not in str(info.value)
+    # a compressed causal LM (auto_map + layer block in config.json) without its plan file
+    from sdcompress.compress import compress_, eligible_modules, save_compressed
+    from sdcompress.models.loader import COMPRESSION_FILE
+    from sdcompress.plan.schema import ModulePlan, Plan
+
+    model = tiny_gpt2(seed=0).eval()
+    plan = Plan(tuple(ModulePlan(n, o, i, rank=2) for n, (o, i) in eligible_modules(model).items()), "manual")
+    compress_(model, plan)
+    lm = save_compressed(model, tmp_path / "lm", plan)
+    (lm / COMPRESSION_FILE).unlink()
+    with pytest.raises(ModelError, match=f"is missing {COMPRESSION_FILE}"):
+        sdcompress.load_model(str(lm))
     folder = _copy(finished_run / "model", tmp_path / "trunc")
     _truncate(folder / "model.safetensors")
     with pytest.raises(CompressionError, match="damaged or truncated"):

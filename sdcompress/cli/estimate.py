@@ -81,34 +81,44 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--from-run {args.from_run!r} holds no train_log.json: pass a folder written by 'sdcompress train'")
 
 
-def _load(args: argparse.Namespace, device: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """(loaded model, dataset bundle, training facts: lr, weight_decay, batch_size)."""
-    from sdcompress.config import DataConfig
-    from sdcompress.models import BUILTIN_MODELS, load_model
-    from sdcompress.train import default_data_config, load_training_data, pretrained_builtin, read_train_log
+def _load(args: argparse.Namespace, config: Any, device: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(loaded model, dataset bundle, training facts: lr, weight_decay, batch_size).
+
+    A MODEL is loaded the way the main job loads it (:func:`sdcompress.pipeline.stages.load_trained`:
+    a built-in is the cached EoS-trained model, anything else is loaded as is); ``--from-run``
+    reads the folder of ``sdcompress train``.
+    """
+    from sdcompress.config import DataConfig, ModelConfig
+    from sdcompress.models import BUILTIN_MODELS, active_dropout, load_model
+    from sdcompress.pipeline import RunConfig
+    from sdcompress.pipeline.stages import load_trained
+    from sdcompress.train import default_data_config, default_train_config, load_training_data, read_train_log
 
     if args.from_run is not None:
         result = read_train_log(args.from_run)
         loaded = load_model(str(Path(args.from_run) / MODEL_DIR))
         data_cfg = replace(result.data_config, name=args.dataset or result.dataset, block_size=args.block_size)
         data = load_training_data(result.model, data_cfg, loaded.tokenizer)
+        loaded.model.to(device)
         facts = {"lr": result.config.lr, "weight_decay": result.config.weight_decay, "batch_size": result.data_config.batch_size,
                  "source": f"training run {args.from_run}"}
-    elif args.model in BUILTIN_MODELS:
-        data_cfg = default_data_config(args.model)
-        if args.dataset:
-            data_cfg = replace(data_cfg, name=args.dataset)
-        loaded, data, result = pretrained_builtin(args.model, data_config=replace(data_cfg, block_size=args.block_size), device=device)
-        facts = {"lr": result.config.lr, "weight_decay": result.config.weight_decay, "batch_size": result.data_config.batch_size,
-                 "source": f"cached EoS training in {result.output_dir}"}
     else:
-        loaded = load_model(args.model, seed=args.seed)
-        data = load_training_data(args.model, DataConfig(name=args.dataset, block_size=args.block_size), loaded.tokenizer)
-        facts = {"lr": None, "weight_decay": 0.0, "batch_size": 16, "source": "loaded as is (no training run)"}
-        logger.warning("%s is not a built-in: estimating at its current weights (no EoS training here)", args.model)
-    from sdcompress.models import active_dropout
-
-    loaded.model.to(device)
+        builtin = args.model in BUILTIN_MODELS
+        data_cfg = default_data_config(args.model) if builtin else DataConfig()
+        data_cfg = replace(data_cfg, block_size=args.block_size, **({"name": args.dataset} if args.dataset else {}))
+        train_cfg = default_train_config(args.model) if builtin else replace(default_train_config(args.model), steps=0)
+        cfg = RunConfig(model=ModelConfig(name=args.model, seed=0 if builtin else args.seed), data=data_cfg, train=train_cfg,
+                        estimate=config)
+        trained = load_trained(cfg, None, device, check=lambda loaded: None)  # estimate_sd checks m ≤ d itself
+        loaded, data = trained.loaded, trained.data
+        if builtin:
+            log = trained.log
+            facts = {"lr": log["config"]["lr"], "weight_decay": log["config"]["weight_decay"],
+                     "batch_size": log["data_config"]["batch_size"],
+                     "source": f"cached EoS training in {loaded.info.get('trained_in', 'the cache')}"}
+        else:
+            facts = {"lr": None, "weight_decay": 0.0, "batch_size": 16, "source": "loaded as is (no training run)"}
+            logger.warning("%s is not a built-in: estimating at its current weights (no EoS training here)", args.model)
     if active_dropout(loaded.model):
         logger.warning("switching the model to eval mode: its dropout would make the loss random (curvature is undefined)")
     loaded.model.eval()
@@ -134,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         )
         device = resolve_device(args.device)
     out = check_output_dir(args.output_dir, overwrite=args.overwrite)
-    loaded, data, facts = _load(args, device)
+    loaded, data, facts = _load(args, config, device)
     lr = args.lr if args.lr is not None else facts["lr"]
     if lr is None:
         raise ConfigError(f"--lr is required for {args.model!r} (no training run gives a default): pass the step size η it is trained with")

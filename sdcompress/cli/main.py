@@ -195,9 +195,6 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"sdcompress: error: {exc.strerror}:{where}; check the path, its permissions and the free space",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("sdcompress: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
-        return 130
     finally:  # an in-process caller (tests, notebooks) gets its own setting back
         import torch
 

@@ -78,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
     """Load (and with ``--check`` only print) or run the recipe; 0 on success."""
     from sdcompress.recipe import dump_recipe, load_recipe, run_recipe
 
+    from sdcompress.cli.options import under_options
+    from sdcompress.config import need_int
+    from sdcompress.pipeline import OutputConfig
+
+    with under_options({"seed": "--seed", "output.dir": "--output-dir"}):  # the shortcuts, under their own names
+        if args.seed is not None:
+            need_int("", "seed", args.seed, 0)
+        OutputConfig(dir=args.output_dir)
     overrides = overrides_of(args)
     if args.check:
         config = load_recipe(args.recipe, overrides, presets=args.presets)

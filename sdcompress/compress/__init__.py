@@ -1,8 +1,10 @@
 """Apply a compression plan: low-rank factors, pruning masks, int8/int4 weights.
 
 ``compress_(model, plan)`` mutates the model in place and returns a
-:class:`CompressionReport`; ``save_compressed`` / ``load_compressed`` persist it (plain
-``from_pretrained`` cannot rebuild the custom modules; see :mod:`sdcompress.compress.io`).
+:class:`CompressionReport`; ``save_compressed`` / ``load_compressed`` persist it. A compressed Hugging Face causal LM
+also carries ``modeling_sdcompress.py`` (:mod:`sdcompress.compress.hf_remote`), so
+``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` loads it without
+sdcompress; :func:`~sdcompress.compress.export.export_model` writes a plain dense copy.
 
 Quantized weights are stored packed (int8, or two int4 values per byte, plus per-group
 scales) and dequantized on the fly in ``forward``: a portable fallback with no integer

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from sdcompress.compress.apply import apply_structure_
-from sdcompress.compress.hf_remote import write_remote_code
+from sdcompress.compress.hf_remote import strip_remote_config, write_remote_code
 from sdcompress.compress.report import CompressionReport
 from sdcompress.errors import CompressionError, PlanError
 from sdcompress.io import check_output_dir, set_default_modes, write_json_atomic, write_text_atomic
@@ -180,9 +180,10 @@ def _build_base(folder: Path, base: dict[str, Any]) -> nn.Module:
             f"{folder}: base class {base.get('class')!r} is not a transformers model class in transformers "
             f"{transformers.__version__}; install the version recorded in {COMPRESSION_FILE}"
         )
-    # the config is read here, not by AutoConfig.from_pretrained: config.json may carry an
-    # auto_map (remote code for plain transformers users), and the toolkit never runs it
-    config.pop("auto_map", None)
+    # the config is read here, not by AutoConfig.from_pretrained: config.json of a causal LM
+    # carries auto_map and model_type "sdcompress" (remote code for plain transformers users,
+    # see hf_remote), and the toolkit never runs it: strip_remote_config restores the original
+    config = strip_remote_config(config)
     model_type = config.get("model_type")
     if model_type not in transformers.CONFIG_MAPPING:
         raise CompressionError(f"{folder}/{MODEL_CONFIG_FILE}: model_type {model_type!r} is not a transformers architecture "
@@ -255,5 +256,7 @@ def load_compressed(folder: str | Path) -> LoadedModel:
     if (folder / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        # the original config: AutoTokenizer would otherwise read config.json's model_type "sdcompress"
+        # and ask whether to run the folder's code (hf_remote); the toolkit never does
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), config=model.config, trust_remote_code=False)
     return LoadedModel(model, str(folder), "lm", loss_fn=None, tokenizer=tokenizer, source="local", info=info)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdcompress.config import FieldError, check_step_size
+from sdcompress.config import check_step_size
 from sdcompress.data.core import Batch
 from sdcompress.data.stream import BatchStream
 from sdcompress.errors import ConfigError, EstimatorError
@@ -93,7 +93,8 @@ def estimate_sd(
             or the model has active dropout.
         EstimatorError: an empty batch list, an iterator that runs out, a list shorter than
             ``lyapunov_steps``, exact on too many parameters.
-        FieldError: ``lyapunov_exponents`` above d (``estimate.lyapunov_exponents``).
+        FieldError: ``lyapunov_exponents`` above d (``estimate.lyapunov_exponents``, from
+            :func:`~sdcompress.estimator.lyapunov_sgd.lyapunov_sd`).
     """
     lr, weight_decay = check_step_size(lr, weight_decay)
     if method is not None:
@@ -110,9 +111,6 @@ def estimate_sd(
         model = copy.deepcopy(model).to(torch.float64)
         dtype = torch.float64
     floss = FunctionalLoss(model, config.params, loss_fn if loss_fn is not None else F.cross_entropy)
-    if config.method == "lyapunov" and config.lyapunov_exponents > floss.d:
-        raise FieldError("estimate", "lyapunov_exponents", f"at most d = {floss.d} (the parameters estimated over)",
-                         config.lyapunov_exponents, f"track at most {floss.d} directions")
     source = BatchSource(batches, device, dtype)
     source(0)  # fail early on an empty stream
     patterns = tuple(config.params) if config.params is not None else None

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sdcompress.config import FieldError, check_step_size, is_int
 from sdcompress.data.core import Batch
 from sdcompress.data.stream import BatchStream
 from sdcompress.errors import ConfigError, EstimatorError
@@ -350,11 +351,11 @@ def lyapunov_sd(
     """
     if not isinstance(floss, FunctionalLoss):
         raise EstimatorError(f"floss must be a sdcompress.models.FunctionalLoss, got {type(floss).__name__}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"learning rate must be a finite number > 0, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ConfigError(f"weight decay must be a finite number ≥ 0, got {weight_decay!r}")
+    lr, weight_decay = check_step_size(lr, weight_decay)
     m = _setting(config, "lyapunov_exponents")
+    if is_int(m) and m > floss.d:  # under the config's name (the QR method's own check says n_exponents)
+        raise FieldError("estimate", "lyapunov_exponents", f"at most d = {floss.d} (the parameters estimated over)", m,
+                         f"track at most {floss.d} directions")
     steps = _setting(config, "lyapunov_steps")
     warmup = _setting(config, "lyapunov_warmup")
     seed = _setting(config, "seed")

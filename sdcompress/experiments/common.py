@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from sdcompress.config import check_step_size
 from sdcompress.data import ArrayDataset, BatchStream, DatasetBundle
 from sdcompress.errors import ConfigError, DivergenceError
 from sdcompress.io import write_json_atomic, write_text_atomic
@@ -150,8 +151,9 @@ def fit_sgd(
         ConfigError: η ≤ 0, negative weight decay or momentum outside [0, 1).
         DivergenceError: the minibatch loss became non-finite.
     """
-    if not s.lr > 0 or s.weight_decay < 0 or not 0 <= s.momentum < 1:
-        raise ConfigError(f"need lr > 0, weight_decay ≥ 0, 0 ≤ momentum < 1; got lr={s.lr}, wd={s.weight_decay}, momentum={s.momentum}")
+    check_step_size(s.lr, s.weight_decay)
+    if not 0 <= s.momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {s.momentum}")
     stream = make_stream(train, s.batch_size, s.seed)
     check_every = s.check_every or stream.steps_per_epoch
     opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)

@@ -10,25 +10,34 @@ with finite differences of the gradient):
 - ``"loop"``: the same product one vector at a time.
 - ``"double-backward"``: reverse-over-reverse. The gradient graph g = ∇L_B(w) is built
   once (``create_graph=True``) and each product is one more backward pass,
-  ``autograd.grad(g, w, v, retain_graph=True)``. :class:`HessianOperator` keeps that
-  graph for its lifetime, so a Lanczos run pays for it once.
+  ``autograd.grad(g, w, v, retain_graph=True)``; a block of vectors on a small model
+  (d ≤ ``BATCHED_BACKWARD_MAX_D``) goes through one vmapped backward pass per chunk
+  (``is_grads_batched=True``). :class:`HessianOperator` keeps that graph for its
+  lifetime, so a Lanczos run pays for it once.
 
 ``"auto"`` (the default) is the path measured fastest (benchmarks/estimator.py,
-results/bench/estimator.md; one CPU thread on a busy 2-core machine):
+results/bench/hvp.md; one CPU thread on a busy 2-core machine, in plain gradients per
+vector):
 
-- single vectors (Lanczos, SLQ, power iteration): double backward with the graph kept,
-  0.67 ms against 6.45 ms for forward-over-reverse on the digits MLP and 37 ms against
-  134 ms on tiny-gpt2 (torch.func's per-call overhead dominates single products);
-- blocks on CPU: double backward with the graph kept as well. On tiny-gpt2 it beat
-  vmap (37 vs 45 ms per vector); on the MLP vmap was as fast or up to 2× faster when
-  all 32 vectors went through one vmap call (pass ``method="vmap"``,
-  ``chunk_size=None`` for wide blocks on tiny models);
+- single vectors (Lanczos, SLQ, power iteration): double backward with the graph kept
+  (torch.func's per-call overhead dominates single forward-over-reverse products);
+- blocks on CPU: double backward with the graph kept, batched over the block on small
+  models (the digits MLP: 0.26 gradients per vector, against 0.60 for vmap
+  forward-over-reverse and 1.6 for a loop), looped on larger ones (GPT-2s, where
+  batching did not pay);
 - blocks on CUDA: vmap forward-over-reverse, which vectorises across vectors (not
   measured here: the benchmark machine had no GPU).
+
+Why a product costs more than a gradient: a kept-graph product is one backward pass
+through the graph of the gradient, which holds the forward's and the backward's nodes,
+so it costs about 1.5 plain gradients; the functional wrapper (``functional_call``, the
+flat vector's split/cat) adds to the graph's build (once per operator), not to each
+product.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Literal
 
 import torch
@@ -37,6 +46,8 @@ from torch.func import grad, jvp, vmap
 
 from sdcompress.data.core import Batch
 from sdcompress.models.functional import FunctionalLoss
+
+logger = logging.getLogger(__name__)
 
 HvpMethod = Literal["auto", "vmap", "loop", "double-backward"]
 HVP_METHODS: tuple[str, ...] = ("auto", "vmap", "loop", "double-backward")
@@ -62,6 +73,13 @@ def make_hvp(loss: FunctionalLoss, batch: Batch, w: Tensor | None = None) -> Cal
     return hvp
 
 
+# blocks of vectors go through one vmapped backward pass (``is_grads_batched``) up to this d;
+# measured on CPU (benchmarks/estimator.py, results/bench/hvp.md): 0.26 gradients per vector
+# on the digits MLP (d = 1,440) against 1.6 for a loop; on the GPT-2s (d ≥ 36k) a loop was
+# as fast or faster
+BATCHED_BACKWARD_MAX_D = 16384
+
+
 class GradientGraph:
     """g = ∇L_B(w) with its autograd graph kept, for repeated reverse-over-reverse products.
 
@@ -69,17 +87,36 @@ class GradientGraph:
         loss: the functional loss.
         batch: the minibatch B.
         w: the point.
+        chunk_size: vectors per batched backward pass (blocks on small models).
     """
 
-    def __init__(self, loss: FunctionalLoss, batch: Batch, w: Tensor) -> None:
+    def __init__(self, loss: FunctionalLoss, batch: Batch, w: Tensor, chunk_size: int | None = 16) -> None:
         self.x = w.detach().requires_grad_(True)
+        self.chunk_size = chunk_size
+        self._batched = self.x.numel() <= BATCHED_BACKWARD_MAX_D
         with torch.enable_grad():
             (self.g,) = torch.autograd.grad(loss(self.x, batch), self.x, create_graph=True)
 
+    def matvec(self, v: Tensor) -> Tensor:
+        """H_B(w) v by one backward pass (graph retained)."""
+        return torch.autograd.grad(self.g, self.x, v, retain_graph=True)[0].detach()
+
     def matmat(self, V: Tensor) -> Tensor:
-        """Rows of ``V`` (k, d) times H_B(w), one backward pass each (graph retained)."""
-        rows = [torch.autograd.grad(self.g, self.x, v, retain_graph=True)[0] for v in V]
-        return torch.stack(rows).detach()
+        """Rows of ``V`` (k, d) times H_B(w) (graph retained): one vmapped backward pass per
+        chunk of rows when d ≤ ``BATCHED_BACKWARD_MAX_D``, else one backward pass per row."""
+        if len(V) == 1:
+            return self.matvec(V[0])[None]
+        if self._batched:
+            step = len(V) if self.chunk_size is None else max(1, self.chunk_size)
+            try:
+                return torch.cat([
+                    torch.autograd.grad(self.g, self.x, V[i : i + step], retain_graph=True, is_grads_batched=True)[0].detach()
+                    for i in range(0, len(V), step)
+                ])
+            except RuntimeError as exc:  # an op without a batching rule: fall back to the loop
+                logger.info("batched double backward unavailable (%s); looping over vectors", str(exc).splitlines()[0][:120])
+                self._batched = False
+        return torch.stack([self.matvec(v) for v in V])
 
 
 def hvp_double_backward(loss: FunctionalLoss, batch: Batch, w: Tensor, V: Tensor) -> Tensor:

@@ -14,8 +14,13 @@ Three ways to keep the Krylov vectors orthogonal (``reorth``):
   orthogonality as Ritz values converge and copies ("ghosts") of converged extreme
   eigenvalues appear, but Gauss quadrature stays accurate: the ghosts split their
   node's weight rather than add to it (Greenbaum 1989; Knizhnerman 1996), so SLQ
-  moments and densities are nearly unchanged. results/bench/lean_lanczos.md measures
-  what it does to SD (tiny-gpt2, digits MLP).
+  moments and densities are nearly unchanged. What it does to SD is a coarser
+  quadrature near the Kaplan–Yorke crossing, as if with fewer steps: measured
+  (results/bench/lean_lanczos.md, 32 runs × 80 steps, same batches and probes) SD-PS
+  +3.2% on the trained digits MLP and +2.8% on tiny-gpt2 against ``"full"``, per-module
+  SD shares within 0.007 and expansion shares within 0.05; on the MLP ``"none"`` at 160
+  steps matches ``"full"`` at 80 (results/bench/lean_lanczos_steps.md). ``"half"``
+  matched ``"full"`` to 1e-4 on both.
 
 Selective or partial reorthogonalisation (Parlett–Scott, Simon) need the basis to form
 the converged Ritz vectors, so they do not give O(d) memory and are not offered.
@@ -54,7 +59,7 @@ Reorth = Literal["auto", "full", "half", "none"]
 REORTH_MODES: tuple[str, ...] = ("auto", "full", "half", "none")
 # fraction of the available memory a Lanczos run may use by default
 DEFAULT_BUDGET_FRACTION = 0.1
-# work vectors of d each held by one run besides the basis (q, q_prev, z, and a temporary)
+# work vectors of d each held by one run besides the basis (the start vector, q, q_prev, z)
 _WORK_VECTORS = 4
 # a "half" basis is cast back to full precision this many bytes at a time
 _CAST_CHUNK_BYTES = 2**26
@@ -73,9 +78,9 @@ def lanczos_memory_bytes(d: int, steps: int, dtype: torch.dtype = torch.float32,
     """Predicted memory of one Lanczos run, in bytes (excluding the operator's own).
 
     ``"full"``: steps · d · itemsize (the basis) + 4 · d · itemsize (work vectors);
-    ``"half"``: steps · d · itemsize(low-precision dtype) + the work vectors;
-    ``"none"``: the work vectors only (``"half"`` also casts its basis back in chunks of
-    up to 64 MiB, or one vector if larger). ``keep_basis`` adds a full-precision basis for
+    ``"half"``: steps · d · itemsize(low-precision dtype) + the work vectors + one chunk
+    of rows cast back to full precision (≤ 64 MiB, at least one row);
+    ``"none"``: the work vectors only. ``keep_basis`` adds a full-precision basis for
     the ``"half"``/``"none"`` modes (Ritz vectors need it). The O(steps²) tridiagonal
     and the per-block dot products (steps × blocks, float64) are negligible and left out.
 
@@ -103,6 +108,8 @@ def lanczos_memory_bytes(d: int, steps: int, dtype: torch.dtype = torch.float32,
     basis = steps * d * item if keep_basis else 0
     if reorth == "half":
         basis += steps * d * _itemsize(low_precision_dtype(dtype))
+        if low_precision_dtype(dtype) != dtype:  # rows cast back in chunks of ≤ 64 MiB (at least one row)
+            basis += min(steps * d * item, max(d * item, _CAST_CHUNK_BYTES))
     return work + basis
 
 
@@ -250,13 +257,13 @@ class _Basis:
         for _ in range(2):
             if self.dtype == z.dtype:
                 Q = self.Q[: self.n]
-                z = z - Q.T @ (Q @ z)
+                z.sub_(Q.T @ (Q @ z))
             else:
                 # a few rows at a time: never a full-precision copy of the basis
                 rows = max(1, _CAST_CHUNK_BYTES // (z.numel() * z.element_size()))
                 for k in range(0, self.n, rows):
                     Q = self.Q[k : min(k + rows, self.n)].to(z.dtype)
-                    z = z - Q.T @ (Q @ z) / self.scale**2
+                    z.sub_(Q.T @ (Q @ z), alpha=1.0 / self.scale**2)
         return z
 
 
@@ -319,21 +326,23 @@ def lanczos(
             dots.append(torch.stack([prod[s].sum() for s in blocks]).double().cpu())
             del prod
         z = op.matvec(q)
+        if z.untyped_storage().data_ptr() in (q.untyped_storage().data_ptr(), v0.untyped_storage().data_ptr()):
+            z = z.clone()  # updated in place below: never write into q (an operator may return its input)
         if q_prev is not None:
-            z = z - betas[-1] * q_prev
+            z.sub_(q_prev, alpha=betas[-1])
         a = torch.dot(q, z)
-        z = z - a * q
+        z.sub_(q, alpha=float(a))
         if basis is not None:
             z = basis.orthogonalise(z)
         else:
-            z = z - torch.dot(q, z) * q  # local second pass against the current vector
+            z.sub_(q, alpha=float(torch.dot(q, z)))  # local second pass against the current vector
         alphas.append(float(a))
         b = float(z.norm())
         scale = max(scale, abs(alphas[-1]), b)
         if j + 1 == steps or b <= tol * max(scale, 1e-30):
             break
         betas.append(b)
-        q_prev, q = q, z / b
+        q_prev, q = q, z.div_(b)  # in place: no fifth vector
         del z
     m = len(alphas)
     if keep_basis and kept is None and basis is not None:

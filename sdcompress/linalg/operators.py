@@ -14,6 +14,7 @@ import abc
 import torch
 from torch import Tensor
 
+from sdcompress.config import check_step_size
 from sdcompress.data.core import Batch
 from sdcompress.errors import ConfigError
 from sdcompress.linalg.distributed import all_reduce_sum, is_distributed, shard_batch
@@ -106,7 +107,7 @@ class HessianOperator(SymmetricOperator):
         method = resolve_method(self.method, len(V), self.device)
         if method == "double-backward":
             if self._graph is None:
-                self._graph = GradientGraph(self.loss, batch, self.w)
+                self._graph = GradientGraph(self.loss, batch, self.w, chunk_size=self.chunk_size)
             return self._graph.matmat(V)
         return batched_hvp(self.loss, batch, V, self.w, chunk_size=self.chunk_size, method=method)
 
@@ -128,10 +129,7 @@ class StepJacobian(SymmetricOperator):
 
     def __init__(self, hessian: SymmetricOperator, lr: float, weight_decay: float = 0.0) -> None:
         super().__init__()
-        if not lr > 0:
-            raise ConfigError(f"learning rate must be > 0, got {lr}")
-        if weight_decay < 0:
-            raise ConfigError(f"weight decay must be ≥ 0, got {weight_decay}")
+        lr, weight_decay = check_step_size(lr, weight_decay)
         self.hessian, self.lr, self.weight_decay = hessian, lr, weight_decay
         self.d, self.dtype, self.device = hessian.d, hessian.dtype, hessian.device
 

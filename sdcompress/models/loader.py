@@ -139,6 +139,9 @@ def check_model_folder(folder: Path) -> dict[str, Any]:
     if "sdcompress_model" in config:
         check_safetensors(folder / WEIGHTS_FILE)
         return config
+    if config.get("auto_map") and isinstance(config.get("sdcompress"), dict):  # hf_remote's layer block
+        raise ModelError(f"{folder} is a compressed model folder written by sdcompress but is missing {COMPRESSION_FILE}: "
+                         "the folder is incomplete; copy it again or compress the model again")
     if config.get("auto_map"):
         raise ModelError(
             f"{folder}/{MODEL_CONFIG_FILE} has auto_map {sorted(config['auto_map'])}: the model needs code from the folder, "

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -84,30 +84,36 @@ class Trained:
     pending: bool = False
 
 
-def load_trained(cfg: RunConfig, folder: Path | None, device: torch.device) -> Trained:
+def load_trained(cfg: RunConfig, folder: Path | None, device: torch.device, *,
+                 check: Callable[[LoadedModel], None] | None = None) -> Trained:
     """Load (resume), or train a built-in at EoS (cached), or load a checkpoint whose SGD
-    phase :func:`finish_training` runs once the run folder exists. Writes nothing."""
+    phase :func:`finish_training` runs once the run folder exists. Writes nothing.
+
+    ``check`` runs on the model before any training (a built-in's untrained skeleton has
+    the same modules); default :func:`check_targets`. ``sdcompress estimate`` loads
+    through here too, with its own check."""
     from sdcompress.train import builtin_for_data, load_training_data, pretrained_builtin
 
+    check = check or (lambda loaded: check_targets(cfg, loaded))
     name = cfg.model.name
     if folder is not None and (folder / TRAINED_DIR).is_dir() and (folder / TRAIN_LOG_FILE).is_file():
         loaded = replace(load_model(str(folder / TRAINED_DIR)), name=name)
         loaded.model.to(device)
         log = json.loads((folder / TRAIN_LOG_FILE).read_text())
         logger.info("loaded the trained model from %s", folder / TRAINED_DIR)
-        check_targets(cfg, loaded)
+        check(loaded)
         return Trained(loaded, load_training_data(name, cfg.data, loaded.tokenizer), log, log.get("phase", "loaded"))
     if name in BUILTIN_MODELS:
         # the untrained structure has the same module names: check targets before training
         skeleton = builtin_for_data(name, load_training_data(name, cfg.data), seed=cfg.model.seed, options=cfg.model.options)
-        check_targets(cfg, skeleton)
+        check(skeleton)
         loaded, data, result = pretrained_builtin(name, train_config=cfg.train, data_config=cfg.data,
                                                   model_options=cfg.model.options, model_seed=cfg.model.seed, device=device)
         loaded.model.to(device)
         return Trained(loaded, data, result.to_dict(), "edge-of-stability training of the built-in (cached)")
     loaded = load_model(name, seed=cfg.model.seed, **cfg.model.options)
     loaded.model.to(device)
-    check_targets(cfg, loaded)
+    check(loaded)
     data = load_training_data(name, cfg.data, loaded.tokenizer)
     phase = f"constant-η SGD phase of {cfg.train.steps} steps from the checkpoint"
     return Trained(loaded, data, {}, phase, pending=cfg.train.steps > 0)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from sdcompress.data.core import Batch, move_batch
+from sdcompress.errors import PlanError
 from sdcompress.models.functional import model_loss
 from sdcompress.plan.targets import ModuleInfo
 from sdcompress.progress import progress
@@ -118,10 +119,10 @@ def module_curvature(
         ``{module name: ModuleCurvature}``.
 
     Raises:
-        ValueError: no batches.
+        PlanError: no batches.
     """
     if not batches:
-        raise ValueError("module_curvature needs at least one minibatch")
+        raise PlanError("module_curvature needs at least one minibatch: pass batches (or curvature_batches ≥ 1)")
     named = dict(model.named_parameters())
     weights = [named[m.weight] for m in modules]
     device = weights[0].device

@@ -276,7 +276,6 @@ class _Split:
 
     options: dict[str, list[RankOption]]
     path: list[tuple[str, int]]
-    base: dict[str, float]  # SD_m at t = 1
 
 
 def _sd_modules(
@@ -473,7 +472,7 @@ def plan_sd(
     split = None
     if config.rank_mode == "auto" and curvature and all(m.name in curvature for m in covered):
         options = curvature_options(covered, curvature)
-        split = _Split(options, greedy_path(options), {})
+        split = _Split(options, greedy_path(options))
     budget = budget_key(config.budget)
     notes_extra: list[str] = []
     scale = float(config.sd_scale)

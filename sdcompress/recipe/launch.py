@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sdcompress.io import LOCK_FILE, FolderLock
 from sdcompress.recipe.loader import load_recipe, save_resolved_recipe
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ def launch_context(config: Any) -> Iterator[tuple[Any, bool]]:
     old_level = lib_logger.level
     scratch = None
     output = getattr(config, "output", None)
+    if output is not None and getattr(output, "dir", None) is not None and Path(output.dir).is_dir():
+        # every process refuses a folder another run holds, before the barrier (one refusing alone would hang the rest)
+        FolderLock(output.dir, what="run folder").check_free()
     if not accelerator.is_main_process:
         lib_logger.setLevel(logging.WARNING)
         if output is not None and getattr(output, "dir", None) is not None:
@@ -60,7 +64,7 @@ def launch_context(config: Any) -> Iterator[tuple[Any, bool]]:
             scratch = tempfile.mkdtemp(prefix=f"sdcompress-rank{accelerator.process_index}-")
             private = Path(scratch) / "run"
             if Path(output.dir).is_dir():
-                shutil.copytree(output.dir, private, symlinks=True)
+                shutil.copytree(output.dir, private, symlinks=True, ignore=shutil.ignore_patterns(LOCK_FILE))
             config = dataclasses.replace(config, output=dataclasses.replace(output, dir=str(private)))
     accelerator.wait_for_everyone()  # the main process writes only after every copy is made
     log.info("data parallel over %d processes (%s backend, device %s)", size, dist.get_backend(), accelerator.device)

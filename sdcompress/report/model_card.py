@@ -130,8 +130,9 @@ def _load_lines(fmt: CardFormat, lm: bool) -> list[str]:
     if lm:
         lines += ["The layers are stored compressed (low-rank factors, packed masks, packed int8/int4 with scales). "
                   "`modeling_sdcompress.py` in this folder rebuilds them with torch and transformers only (read it "
-                  "before trusting it):", "", "```python", "from transformers import AutoModelForCausalLM",
-                  "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)", "```", ""]
+                  "before trusting it; without `trust_remote_code=True` transformers refuses the folder):", "", "```python", "from transformers import AutoModelForCausalLM",
+                  "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)",
+                  "# a tokenizer saved beside it: AutoTokenizer.from_pretrained(path, trust_remote_code=True)", "```", ""]
     if fmt == "sdcompress":
         lines += ["With sdcompress installed (no remote code is run):", "", "```python", "import sdcompress",
                   "model = sdcompress.load_model(path).model", "```"]

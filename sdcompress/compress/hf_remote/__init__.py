@@ -6,11 +6,18 @@ writing:
 - ``modeling_sdcompress.py``, a verbatim copy of the template beside this file, which
   reimplements the forward of each stored layer kind with torch only and wraps the
   original architecture class (see its docstring);
-- in ``config.json``: ``auto_map = {"AutoModelForCausalLM":
-  "modeling_sdcompress.SdcompressForCausalLM"}``, ``architectures =
-  ["SdcompressForCausalLM"]``, and an ``sdcompress`` block describing every compressed
-  layer as stored (kind, shape, bias, rank, bits, group size, number of kept weights),
-  the float dtype and the original class.
+- in ``config.json``: ``model_type = "sdcompress"``, ``auto_map`` naming the template's
+  ``SdcompressConfig`` (``AutoConfig``) and ``SdcompressForCausalLM``
+  (``AutoModelForCausalLM``), ``architectures = ["SdcompressForCausalLM"]``, and an
+  ``sdcompress`` block describing every compressed layer as stored (kind, shape, bias,
+  rank, bits, group size, number of kept weights), the float dtype and the original
+  ``model_type`` and class.
+
+The custom ``model_type`` is what makes plain ``from_pretrained`` without
+``trust_remote_code=True`` fail with transformers' own "pass trust_remote_code=True"
+error: with the original ``model_type`` it would silently build the original
+architecture and initialise every compressed layer at random. The toolkit reads the
+original config back with :func:`strip_remote_config`.
 
 Only transformers causal LMs get them (other models have no ``AutoModelForCausalLM``
 entry). The toolkit itself never imports the copied file: it recognises its own folders
@@ -38,7 +45,10 @@ from sdcompress.io import write_json_atomic
 TEMPLATE = Path(__file__).with_name("modeling_sdcompress.py")
 MODELING_FILE = TEMPLATE.name
 ENTRY_CLASS = "SdcompressForCausalLM"
-AUTO_MAP = {"AutoModelForCausalLM": f"{TEMPLATE.stem}.{ENTRY_CLASS}"}
+CONFIG_CLASS = "SdcompressConfig"
+AUTO_MAP = {"AutoConfig": f"{TEMPLATE.stem}.{CONFIG_CLASS}", "AutoModelForCausalLM": f"{TEMPLATE.stem}.{ENTRY_CLASS}"}
+#: ``model_type`` in a compressed causal LM's config.json (the template's ``MODEL_TYPE``).
+MODEL_TYPE = "sdcompress"
 #: Key of the layer description in config.json (the template's ``CONFIG_KEY``).
 CONFIG_KEY = "sdcompress"
 #: Layout version of that block (the template's ``FORMAT_VERSION``).
@@ -111,24 +121,38 @@ def write_remote_code(folder: str | Path, model: nn.Module) -> bool:
         return False
     folder = Path(folder)
     config_path = folder / "config.json"
-    config = json.loads(config_path.read_text())
+    config = strip_remote_config(json.loads(config_path.read_text()))  # idempotent: a folder written before
+    base_model_type = config.get("model_type")
     config["auto_map"] = dict(AUTO_MAP)
     config["architectures"] = [ENTRY_CLASS]
-    config[CONFIG_KEY] = {"format_version": FORMAT_VERSION, "base_class": type(model).__name__,
-                          "dtype": _float_dtype(model), "layers": layer_specs(model)}
+    config["model_type"] = MODEL_TYPE
+    config[CONFIG_KEY] = {"format_version": FORMAT_VERSION, "base_model_type": base_model_type,
+                          "base_class": type(model).__name__, "dtype": _float_dtype(model), "layers": layer_specs(model)}
     shutil.copyfile(TEMPLATE, folder / MODELING_FILE)
     write_json_atomic(config_path, config)
     return True
 
 
 def strip_remote_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without the remote-code entries, ``architectures`` back to the original class."""
+    """The original model's config.json contents: ``config`` without the remote-code
+    entries, ``model_type`` and ``architectures`` back to the original ones.
+
+    Raises:
+        CompressionError: ``model_type`` is ``"sdcompress"`` but the block does not say
+            what the original was.
+    """
     out = {k: v for k, v in config.items() if k not in ("auto_map", CONFIG_KEY)}
     block = config.get(CONFIG_KEY)
-    if isinstance(block, dict) and block.get("base_class"):
+    block = block if isinstance(block, dict) else {}
+    if block.get("base_class"):
         out["architectures"] = [block["base_class"]]
+    if block.get("base_model_type"):
+        out["model_type"] = block["base_model_type"]
+    if out.get("model_type") == MODEL_TYPE:
+        raise CompressionError(f"config.json has model_type {MODEL_TYPE!r} but no original model_type in its "
+                               f"'{CONFIG_KEY}' block; the folder is damaged: compress the model again")
     return out
 
 
-__all__ = ["AUTO_MAP", "CONFIG_KEY", "ENTRY_CLASS", "FORMAT_VERSION", "MODELING_FILE", "TEMPLATE", "is_causal_lm",
-           "layer_spec", "layer_specs", "strip_remote_config", "write_remote_code"]
+__all__ = ["AUTO_MAP", "CONFIG_CLASS", "CONFIG_KEY", "ENTRY_CLASS", "FORMAT_VERSION", "MODELING_FILE", "MODEL_TYPE", "TEMPLATE",
+           "is_causal_lm", "layer_spec", "layer_specs", "strip_remote_config", "write_remote_code"]

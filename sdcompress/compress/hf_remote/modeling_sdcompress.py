@@ -11,12 +11,15 @@ code, from ``sdcompress_compression.json``).
 
 How loading works (:meth:`SdcompressForCausalLM.from_pretrained`):
 
-1. ``config.json`` is the original architecture's config (e.g. ``model_type: gpt2``)
-   plus an ``sdcompress`` block: format version, float dtype, the original model class
-   and one entry per compressed layer (kind, shape, bias, rank / bits / group size /
-   number of kept weights).
-2. The original class (``GPT2LMHeadModel`` …) is built from the config, and each listed
-   layer is replaced by the matching layer below, empty.
+1. ``config.json`` is the original architecture's config with ``model_type:
+   sdcompress`` (so that plain ``from_pretrained`` without ``trust_remote_code`` fails
+   loudly instead of loading the original architecture with the compressed layers
+   randomly initialised) and an ``sdcompress`` block: format version, the original
+   ``model_type`` and class, the float dtype and one entry per compressed layer (kind,
+   shape, bias, rank / bits / group size / number of kept weights).
+   :class:`SdcompressConfig` reads it.
+2. The original class (``GPT2LMHeadModel`` …) is built from the original config, and
+   each listed layer is replaced by the matching layer below, empty.
 3. ``model.safetensors`` is loaded into it as stored: low-rank factors, packed masks and
    packed int8 / int4 integers with their scales. Nothing is densified on load; each
    layer computes ``y = x Wᵀ + b`` from its stored form in every forward pass.
@@ -46,7 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ FORMAT_VERSION = 1
 #: Key of that block in config.json.
 CONFIG_KEY = "sdcompress"
 WEIGHTS_FILE = "model.safetensors"
+#: ``model_type`` of a compressed folder's config.json (the original one is in the block).
+MODEL_TYPE = "sdcompress"
 
 
 # ----------------------------------------------------------------------------- packing
@@ -293,6 +298,39 @@ def _block(config: Any) -> dict[str, Any]:
     return block
 
 
+class SdcompressConfig(PretrainedConfig):
+    """config.json of a compressed folder: the original config's fields, ``model_type =
+    "sdcompress"``, and the ``sdcompress`` block (:meth:`base_config` gives the original)."""
+
+    model_type = MODEL_TYPE
+
+    def base_config(self) -> PretrainedConfig:
+        """The original architecture's config (``GPT2Config`` …), with the block kept on it."""
+        return base_config(self)
+
+
+def base_config(config: Any) -> PretrainedConfig:
+    """The original config of a compressed folder's config (an :class:`SdcompressConfig`,
+    or any config object carrying the ``sdcompress`` block).
+
+    Raises:
+        ValueError: not an sdcompress config, or an original ``model_type`` this
+            transformers does not know.
+    """
+    import transformers
+
+    block = _block(config)
+    model_type = block.get("base_model_type") or getattr(config, "model_type", None)
+    if getattr(config, "model_type", None) != MODEL_TYPE and model_type == getattr(config, "model_type", None):
+        return config  # already the original config
+    if model_type not in transformers.CONFIG_MAPPING:
+        raise ValueError(f"transformers {transformers.__version__} does not know model_type {model_type!r}, the "
+                         "architecture this model was compressed from; install the version sdcompress used")
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("auto_map", "model_type", "architectures")}
+    fields["architectures"] = [block["base_class"]] if block.get("base_class") else None
+    return transformers.CONFIG_MAPPING[model_type].from_dict(fields)
+
+
 def _base_class(config: Any, block: dict[str, Any]) -> type:
     """The original architecture: the recorded class, else the causal-LM class of ``model_type``."""
     import transformers
@@ -330,8 +368,11 @@ def _save_pretrained(self: PreTrainedModel, save_directory: Any, *args: Any, **k
     path = os.path.join(save_directory, "config.json")
     with open(path, encoding="utf-8") as fh:
         config = json.load(fh)
+    module = __name__.rsplit(".", 1)[-1]
     config["architectures"] = [SdcompressForCausalLM.__name__]
-    config["auto_map"] = {"AutoModelForCausalLM": f"{__name__.rsplit('.', 1)[-1]}.{SdcompressForCausalLM.__name__}"}
+    config["auto_map"] = {"AutoConfig": f"{module}.{SdcompressConfig.__name__}",
+                          "AutoModelForCausalLM": f"{module}.{SdcompressForCausalLM.__name__}"}
+    config["model_type"] = MODEL_TYPE
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(config, fh, indent=2, sort_keys=True)
@@ -351,6 +392,8 @@ class SdcompressForCausalLM(PreTrainedModel):
     layers are the stored ones; ``generate()`` and everything else of the original class
     work unchanged.
     """
+
+    config_class = SdcompressConfig
 
     @classmethod
     def compressed_class(cls, base: type) -> type:
@@ -373,6 +416,7 @@ class SdcompressForCausalLM(PreTrainedModel):
             ValueError: not an sdcompress config, an unknown layer kind, or a layer name
                 the architecture does not have.
         """
+        config = base_config(config)
         block = _block(config)
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or block.get("dtype") or "float32"
         kwargs.pop("torch_dtype", None)
@@ -427,7 +471,7 @@ class SdcompressForCausalLM(PreTrainedModel):
         for k in _IGNORED:
             kwargs.pop(k, None)
         if config is None:
-            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+            config = SdcompressConfig.from_pretrained(pretrained_model_name_or_path, **hub)
         block = _block(config)
         device = _device(kwargs.pop("device_map", None))
         model = cls._from_config(config, **kwargs)
