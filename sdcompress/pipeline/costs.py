@@ -147,7 +147,7 @@ class _PeakSampler:
             self.peak = max(self.peak, memory_in_use(self.device))
 
 
-def _timed(fn: Any, device: torch.device, min_time: float = 0.2, max_reps: int = 5) -> float:
+def _timed(fn: Any, device: torch.device, min_time: float = 1.0, max_reps: int = 5) -> float:
     """Median seconds of ``fn()``, repeated until ``min_time`` has passed (at most ``max_reps``)."""
     times: list[float] = []
     total = 0.0
@@ -229,7 +229,7 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             firsts.append(time.perf_counter() - t)
-        t_hvp = _timed(lambda: op.matvec(v), device, max_reps=3)
+        t_hvp = _timed(lambda: op.matvec(v), device)
         del op
     return Probe(
         device=str(device), d=int(floss.d), itemsize=int(itemsize), n_small=n_small, t_forward=t_fwd, t_grad=t_grad,
