@@ -49,16 +49,16 @@ def cases(quick: bool, work: Path) -> list[dict[str, Any]]:
     """(name, model, CLI overrides) of each case."""
     small = ["estimate.slq_runs=6", "estimate.lanczos_steps=20", "estimate.lyapunov_exponents=6",
              "estimate.lyapunov_steps=20", "estimate.lyapunov_warmup=4", "evaluate.max_test_examples=256",
-             "evaluate.max_train_examples=256"]
+             "evaluate.max_train_examples=256", "plan.curvature_batches=1"]
     if quick:
         small = ["estimate.slq_runs=2", "estimate.lanczos_steps=6", "estimate.lyapunov_exponents=2",
                  "estimate.lyapunov_steps=4", "estimate.lyapunov_warmup=1", "evaluate.max_test_examples=32",
                  "evaluate.max_train_examples=32", "plan.curvature_batches=1"]
-    width = 32 if quick else 128
-    gpt2 = make_model_folder(work / "gpt2-2x128", n_layer=2, n_embd=width, n_head=4, n_positions=64, vocab_size=257)
+    width = 32 if quick else 96
+    gpt2 = make_model_folder(work / f"gpt2-2x{width}", n_layer=2, n_embd=width, n_head=4, n_positions=64, vocab_size=257)
     return [
         {"name": f"GPT-2 2 layers × {width} (a save_pretrained folder: SGD phase from the checkpoint)", "model": str(gpt2),
-         "set": small + ["train.steps=" + ("6" if quick else "40"), "train.log_every=" + ("3" if quick else "20"),
+         "set": small + ["train.steps=" + ("6" if quick else "20"), "train.log_every=" + ("3" if quick else "10"),
                          "data.batch_size=16", "train.lr=0.05"]},
         {"name": "digits MLP (built-in, trained at EoS, cached)", "model": "mlp", "set": small},
     ]

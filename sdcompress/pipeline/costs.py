@@ -51,6 +51,13 @@ class Probe:
     hvp_bytes: int
     threads: int
     wall_time_s: float
+    activation_bytes_per_example: float = 0.0  # growth of a gradient's peak memory per example
+
+    def workspace(self, n: int) -> float:
+        """Peak extra memory of a product at ``n`` examples: the measured one at ``n_small`` plus
+        the activations of the other examples, kept about 3 times over (the gradient's graph,
+        the double-backward graph on top of it, their gradients)."""
+        return self.hvp_bytes + 3.0 * self.activation_bytes_per_example * max(n - self.n_small, 0)
 
     def scale(self, n: int) -> float:
         """t_grad(n) / t_grad(n_small): a line through the gradient timings (≥ n/n_small·0 floor)."""
@@ -140,7 +147,7 @@ class _PeakSampler:
             self.peak = max(self.peak, memory_in_use(self.device))
 
 
-def _timed(fn: Any, device: torch.device, min_time: float = 0.2, max_reps: int = 5) -> float:
+def _timed(fn: Any, device: torch.device, min_time: float = 1.0, max_reps: int = 5) -> float:
     """Median seconds of ``fn()``, repeated until ``min_time`` has passed (at most ``max_reps``)."""
     times: list[float] = []
     total = 0.0
@@ -203,12 +210,15 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
     t_fwd = _timed(forward, device)
     if t_fwd < 0.5:
         gradient(small)()  # warm-up (allocator, kernels); a slow model is warm after its forward pass
-    t_grad = _timed(gradient(small), device)
-    sizes, times = [n_small], [t_grad]
+    with _PeakSampler(device) as g_small:
+        t_grad = _timed(gradient(small), device)
+    sizes, times, peaks = [n_small], [t_grad], [g_small.peak]
     if n > n_small:  # the second point of the line: the whole batch, or 4× the small one for a slow model
         n2 = n if t_grad < 2.0 else min(n, 4 * n_small)
         sizes.append(n2)
-        times.append(_timed(gradient(_head(batch, n2)), device, max_reps=3))
+        with _PeakSampler(device) as g_big:
+            times.append(_timed(gradient(_head(batch, n2)), device, max_reps=3))
+        peaks.append(g_big.peak)
     v = torch.randn(floss.d, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(w.dtype).to(device)
     with _PeakSampler(device) as peak:
         firsts = []
@@ -219,12 +229,13 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             firsts.append(time.perf_counter() - t)
-        t_hvp = _timed(lambda: op.matvec(v), device, max_reps=3)
+        t_hvp = _timed(lambda: op.matvec(v), device)
         del op
     return Probe(
         device=str(device), d=int(floss.d), itemsize=int(itemsize), n_small=n_small, t_forward=t_fwd, t_grad=t_grad,
         t_hvp_first=float(min(firsts)), t_hvp=t_hvp, grad_sizes=tuple(sizes), grad_times=tuple(times),
         base_bytes=int(base), hvp_bytes=int(max(peak.peak - base, 0)), threads=torch.get_num_threads(),
+        activation_bytes_per_example=float(max(peaks[-1] - peaks[0], 0) / max(sizes[-1] - sizes[0], 1)),
         wall_time_s=time.perf_counter() - start,
     )
 
@@ -263,6 +274,7 @@ class Knobs:
     curvature_probes: int = 0
     curvature_pairs: int = 0  # (module, rank) truncation costs, one product each per batch
     curvature_bytes: int = 0  # the truncation deltas it keeps
+    fixed_batch: bool = False  # the batch size is part of the model's EoS setting (built-ins): never changed
     reorth: str = "auto"  # estimate.reorth as configured
     lanczos_budget: int | None = None  # bytes an SLQ Lanczos run may use (estimate.memory_budget; None: linalg's default)
     sharpness_budget: int | None = None  # the same for the SGD phase's λ_max runs (they use linalg's default)
@@ -310,7 +322,7 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
     s = probe.scale(k.batch_size)
     fwd, grad, hvp1, hvp = (probe.t_forward * s, probe.t_grad * s, probe.t_hvp_first * s, probe.t_hvp * s)
     vec = probe.d * probe.itemsize
-    base = probe.base_bytes + probe.hvp_bytes
+    base = probe.base_bytes + probe.workspace(k.batch_size)
     stages: list[StagePrediction] = []
 
     def add(name: str, seconds: float, extra_vectors: float, hvps: int, detail: str, extra_bytes: float = 0.0) -> None:

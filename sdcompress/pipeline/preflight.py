@@ -268,7 +268,11 @@ def _memory_caps(probe: Probe, k: Knobs, mem_budget: int | None) -> list[str]:
         return []
     notes = []
     vec = probe.d * probe.itemsize
-    room = (mem_budget - probe.base_bytes - probe.hvp_bytes) / vec  # d-vectors that fit next to a product
+    if not k.fixed_batch:  # the products' activations grow with the batch: halve it until 8 vectors fit beside
+        while k.batch_size > 1 and probe.base_bytes + probe.workspace(k.batch_size) + 8 * vec > mem_budget:
+            k.batch_size //= 2
+            notes.append(f"batch size {k.batch_size} (the activations of a larger batch do not fit in memory)")
+    room = (mem_budget - probe.base_bytes - probe.workspace(k.batch_size)) / vec  # d-vectors that fit next to a product
     if k.compress and k.remeasure:
         room -= 1  # the re-measure runs with the compressed copy beside the original
     if k.method in ("ps", "kde", "slq"):
@@ -320,7 +324,7 @@ def pick_settings(probe: Probe, knobs: Knobs, *, time_budget_s: float | None, me
         The picked knobs, their stage predictions, the choices made (one line each, with
         the reason) and whether the prediction fits both budgets.
     """
-    k = replace(knobs)
+    k = replace(knobs, fixed_batch=knobs.fixed_batch or builtin)
     choices: list[str] = []
     if adjust:
         choices += _memory_caps(probe, k, memory_budget_bytes)
