@@ -283,6 +283,12 @@ def test_quick_eos_grid_columns_exclusions_and_confound(tmp_path, monkeypatch):
     assert c["slope_loss_gap"] == pytest.approx(slice_slope(sd, [r["loss_gap"] for r in runs], wd))
     assert set(c["slices_loss_gap"]) == {"0", "0.01"}
     assert "the weight-decay confound" in (tmp_path / "eos_grid_table.md").read_text()
+    # retraining a run gives the same numbers bit for bit (CPU, one seed)
+    first = runs[0]
+    bundle = grid.bundle_as(grid.load_data("digits", train_fraction=cfg.train_fraction, seed=cfg.data_seed), torch.float64)
+    again = eos_grid.run_one(cfg, bundle, lr=first["lr"], batch_size=first["batch_size"], seed=first["seed"], weight_decay=first["weight_decay"])
+    for key in ("eos_ratio", "sharpness_tail", "test_loss", "sd_exact", "sd_ps", "lambda_1", "hess_top", "hess_trace"):
+        assert again[key] == first[key], key
     # a rerun reuses every finished run (resume), and gives the same statistics
     monkeypatch.setattr(eos_grid, "run_one", lambda *a, **k: pytest.fail("retrained a finished run"))
     assert json.dumps(eos_grid.run(cfg, tmp_path)["pooled"]) == json.dumps(payload["pooled"])
