@@ -358,7 +358,10 @@ def test_compressed_folder_missing_or_truncated_file_is_named(finished_run, tmp_
 # ------------------------------------------------------------------------------- recipes
 
 
-def test_bad_recipe_files(tmp_path, capsys):
+def test_bad_recipe_files(tmp_path, capsys, monkeypatch):
+    cwd = tmp_path / "cwd"  # the default output folder is runs/ under the working directory
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(bytes(range(256)) * 4)
     empty = tmp_path / "empty.yaml"
@@ -369,7 +372,7 @@ def test_bad_recipe_files(tmp_path, capsys):
         code, err = _cli(["recipe", str(path), "--check"], capsys)
         line = _one_error_line(err)
         assert code == 2 and words in line and str(path) in line
-        assert not Path("runs").exists() or not any(Path("runs").iterdir())
+        assert not (cwd / "runs").exists()
 
 
 def test_yaml_alias_bomb_is_refused_fast(tmp_path, capsys):
