@@ -88,7 +88,7 @@ def quick_grid(tmp_path_factory):
 
 
 def test_recipes_load_strictly():
-    for name, cls in [("grid", grid.GridConfig), ("eos_sweep", eos_sweep.EosConfig), ("grokking", grokking.GrokConfig),
+    for name, cls in [("grid", grid.GridConfig), ("eos_sweep", eos_sweep.EosConfig), ("grokking", grokking.GrokConfig), ("eos_grid", eos_grid.EosGridConfig),
                       ("compression_tie", compression_tie.TieConfig)]:
         assert isinstance(load_config(cls, RECIPES / f"{name}.yaml"), cls)
     with pytest.raises(ConfigError, match="unknown key"):
@@ -206,3 +206,100 @@ def test_quick_grokking_and_transition_logic(tmp_path, monkeypatch):
     never = grokking.transition(fake, 0.99, 0.99)  # test accuracy never reaches 0.99: the window ends at the last checkpoint
     assert (never["end_step"], never["generalised_reached"]) == (40, False)
     assert len(grokking.checkpoint_steps(40_000, 50, 50)) == 50
+
+
+# ------------------------------------------------------------------ EoS grid (issue 12)
+
+from sdcompress.experiments import eos_grid  # noqa: E402
+from sdcompress.experiments.stats import bootstrap_interval, partial_kendall, slice_slope  # noqa: E402
+
+
+def test_bootstrap_interval_percentiles_and_errors():
+    x = np.arange(10.0)
+    # τ of a sample with itself is 1 in every resample that is not constant
+    assert bootstrap_interval(lambda i: kendall_tau(x[i], x[i]), 10, n_resamples=200, seed=3) == (1.0, 1.0)
+    # the interval of a mean is the percentile interval of the resampled means, by hand
+    y = np.random.default_rng(0).normal(size=15)
+    lo, hi = bootstrap_interval(lambda i: float(y[i].mean()), 15, n_resamples=300, level=0.9, seed=7)
+    rng = np.random.default_rng(7)
+    means = [y[rng.integers(0, 15, size=15)].mean() for _ in range(300)]
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(means, [0.05, 0.95])), rel=1e-12)
+    assert lo < y.mean() < hi
+    assert all(math.isnan(v) for v in bootstrap_interval(lambda i: 0.0, 5, n_resamples=0))
+    with pytest.raises(ConfigError, match="level"):
+        bootstrap_interval(lambda i: 0.0, 5, level=1.5)
+
+
+def test_partial_kendall_and_slice_slope_against_references():
+    rng = np.random.default_rng(1)
+    z = rng.integers(0, 3, size=30).astype(float)
+    x = z + rng.normal(size=30)
+    y = z + 0.5 * x + rng.normal(size=30)
+    txy, txz, tyz = (kendalltau(a, b).statistic for a, b in ((x, y), (x, z), (y, z)))
+    assert partial_kendall(x, y, z) == pytest.approx((txy - txz * tyz) / math.sqrt((1 - txz**2) * (1 - tyz**2)), abs=1e-12)
+    assert math.isnan(partial_kendall(x, y, x))  # τ_xz = 1: undefined
+    # the within-group slope is the x coefficient of least squares with one intercept per group
+    dummies = np.stack([(z == v).astype(float) for v in np.unique(z)], axis=1)
+    coef = np.linalg.lstsq(np.column_stack([x, dummies]), y, rcond=None)[0]
+    assert slice_slope(x, y, z) == pytest.approx(coef[0], rel=1e-10)
+    assert slice_slope(x, 2 * x + 5 * z, z) == pytest.approx(2.0)  # a group shift does not leak into the slope
+    assert math.isnan(slice_slope(z, y, z))  # x constant within every group
+
+
+def test_eos_ratio_and_tail_steps():
+    assert eos_grid.tail_steps(100, 0.3, 10) == [70, 80, 90, 100]
+    assert eos_grid.tail_steps(20, 0.3, 3) == [14, 17, 20]
+    # median of (λ + wd)·η/2 over the tail: λ = 3, 5, 9 at η = 0.4, wd = 0.5 → (5.5)·0.2
+    assert eos_grid.eos_ratio([3.0, 9.0, 5.0], 0.4, 0.5) == pytest.approx(1.1)
+    assert math.isnan(eos_grid.eos_ratio([], 0.4, 0.0))
+
+
+def test_quick_eos_grid_columns_exclusions_and_confound(tmp_path, monkeypatch):
+    cfg = replace(load_config(eos_grid.EosGridConfig, RECIPES / "eos_grid.yaml").quick(), lrs=[0.4, 0.8], batch_sizes=[32],
+                  measures=replace(eos_grid.EosGridConfig().quick().measures, methods=["exact", "ps"]), eos_threshold=0.0)
+    payload = eos_grid.run(cfg, tmp_path)
+    runs = json.loads((tmp_path / "eos_grid_runs.json").read_text())["runs"]
+    assert len(runs) == payload["n_runs"] == payload["n_at_eos"] == 4 and payload["n_excluded"] == 0
+    header = (tmp_path / "eos_grid_runs.csv").read_text().splitlines()[0].split(",")
+    for col in ("seed", "lr", "batch_size", "weight_decay", "eos_ratio", "sd_exact", "sd_ps", "lambda_1", "hess_trace", "hess_top", "acc_gap", "loss_gap"):
+        assert col in header, col
+    for r in runs:
+        assert len(r["sharpness_tail"]) == len(eos_grid.tail_steps(cfg.steps, cfg.tail_fraction, cfg.sharpness_every))
+        assert r["eos_ratio"] == pytest.approx(float(np.median([(s + r["weight_decay"]) * r["lr"] / 2 for s in r["sharpness_tail"]])))
+    # exclusions: a threshold between the runs' ratios drops and counts the runs below it
+    cut = float(np.median([r["eos_ratio"] for r in runs]))
+    again = eos_grid.analyse(replace(cfg, eos_threshold=cut), runs)
+    below = sum(r["eos_ratio"] < cut for r in runs)
+    assert again["n_excluded"] == below and again["n_at_eos"] == 4 - below and sum(again["excluded_by_wd"].values()) == below
+    # the pooled τ and the confound numbers are the stats functions applied to the rows
+    pooled = {(r["measure"], r["gap"]): r for r in payload["pooled"]}
+    row = pooled[("sd_exact", "loss_gap")]
+    assert row["tau"] == pytest.approx(kendalltau([r["sd_exact"] for r in runs], [r["loss_gap"] for r in runs]).statistic)
+    assert row["tau_ci"][0] <= row["tau_ci"][1]
+    c = payload["confound"]
+    sd = [r["sd_exact"] / r["d"] for r in runs]
+    wd = [r["weight_decay"] for r in runs]
+    assert c["tau_wd_sd"] == pytest.approx(kendall_tau(wd, sd))
+    assert c["slope_loss_gap"] == pytest.approx(slice_slope(sd, [r["loss_gap"] for r in runs], wd))
+    assert set(c["slices_loss_gap"]) == {"0", "0.01"}
+    assert "the weight-decay confound" in (tmp_path / "eos_grid_table.md").read_text()
+    # a rerun reuses every finished run (resume), and gives the same statistics
+    monkeypatch.setattr(eos_grid, "run_one", lambda *a, **k: pytest.fail("retrained a finished run"))
+    assert json.dumps(eos_grid.run(cfg, tmp_path)["pooled"]) == json.dumps(payload["pooled"])
+
+
+def test_grokking_seed_spread_groups_seeds_and_reports_both_minima():
+    def res(name, seed, hidden, sds):
+        rows = [{"step": 10 * i, "sd_over_d": v} for i, v in enumerate(sds)]
+        t = {"memorised_step": 10, "end_step": 20, "final_test_acc": 0.9, "sd_over_d_min_in_window": min(sds[1:3]),
+             "sd_over_d_min_step": 10 * (1 + int(np.argmin(sds[1:3])))}
+        return {"variant": {**vars(grokking.GrokVariant(name=name, seed=seed, hidden=hidden))}, "rows": rows, "transition": t}
+
+    results = [res("a", 0, 8, [0.9, 0.8, 0.7, 0.5]), res("a-s1", 1, 8, [0.9, 0.6, 0.7, 0.65]), res("other", 0, 16, [0.9, 0.8, 0.7, 0.6])]
+    spread = grokking.seed_spread(results)
+    assert list(spread) == ["a"] and spread["a"]["seeds"] == [0, 1]  # "other" differs in width: not a seed of "a"
+    win = spread["a"]["sd_over_d_min_in_window"]
+    assert win["per_seed"] == [0.7, 0.6] and win["mean"] == pytest.approx(0.65) and win["std"] == pytest.approx(math.sqrt(0.005))
+    assert spread["a"]["sd_over_d_min_overall"]["per_seed"] == [0.5, 0.6]
+    assert spread["a"]["sd_over_d_min_overall_step"]["per_seed"] == [30, 10]
+    assert "end_step" in spread["a"] and "sd_over_d_at_end" not in spread["a"]  # keys missing in a transition are left out

@@ -170,6 +170,11 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(args_for_parser)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s")
+    # basicConfig does nothing when the root logger already has handlers (an embedding
+    # application, a second in-process call): the toolkit's own logger takes -q/-v directly
+    lib_logger = logging.getLogger("sdcompress")
+    previous_level = lib_logger.level
+    lib_logger.setLevel(level)
     try:  # transformers' own "Loading weights" bars: our stages show their own progress
         from transformers.utils import logging as hf_logging
 
@@ -195,10 +200,11 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"sdcompress: error: {exc.strerror}:{where}; check the path, its permissions and the free space",
               file=sys.stderr)
         return 2
-    finally:  # an in-process caller (tests, notebooks) gets its own setting back
+    finally:  # an in-process caller (tests, notebooks) gets its own settings back
         import torch
 
         torch.set_num_threads(previous_threads)
+        lib_logger.setLevel(previous_level)
 
 
 def torch_threads() -> int:

@@ -193,6 +193,47 @@ def analyse(cfg: GrokConfig, res: dict[str, Any]) -> dict[str, Any]:
     return {**res, "transition": transition(rows, cfg.memorised_acc, cfg.generalised_acc), "kendall_over_checkpoints": taus}
 
 
+SPREAD_KEYS = ("memorised_step", "end_step", "final_test_acc", "sd_over_d_at_memorised", "sd_over_d_min_in_window",
+               "sd_over_d_min_step", "sd_over_d_at_end", "sd_over_d_relative_change", "kendall_sd_vs_test_acc_in_window",
+               "hess_trace_relative_change", "hess_top_relative_change")
+
+
+def seed_spread(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per recipe run with several seeds (variants equal but for ``name`` and ``seed``):
+    each transition number per seed, with its mean, sample standard deviation and range.
+
+    The in-window minimum of SD/d is the minimum between memorisation and the first
+    checkpoint with test accuracy ≥ ``generalised_acc`` (:func:`transition`); the minimum
+    over the whole run is reported next to it as ``sd_over_d_min_overall`` (and its step).
+
+    Returns:
+        ``{"<name of the first seed's variant>": {"seeds": [...], "variants": [...],
+        "<key>": {"per_seed": [...], "mean", "std", "min", "max"}}}`` for every group of
+        two or more seeds.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        v = {k: x for k, x in r["variant"].items() if k not in ("name", "seed")}
+        groups.setdefault(repr(sorted(v.items())), []).append(r)
+    out: dict[str, Any] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        entry: dict[str, Any] = {"seeds": [m["variant"]["seed"] for m in members], "variants": [m["variant"]["name"] for m in members]}
+        numbers = []
+        for m in members:
+            low = min(m["rows"], key=lambda row: row["sd_over_d"])
+            numbers.append({**m["transition"], "sd_over_d_min_overall": low["sd_over_d"], "sd_over_d_min_overall_step": low["step"]})
+        for key in (*SPREAD_KEYS, "sd_over_d_min_overall", "sd_over_d_min_overall_step"):
+            vals = [n.get(key) for n in numbers]
+            if any(v is None for v in vals):
+                continue
+            a = np.asarray(vals, dtype=np.float64)
+            entry[key] = {"per_seed": vals, "mean": float(a.mean()), "std": float(a.std(ddof=1)), "min": float(a.min()), "max": float(a.max())}
+        out[members[0]["variant"]["name"]] = entry
+    return out
+
+
 def run(cfg: GrokConfig, out_dir: Path) -> dict[str, Any]:
     """All variants; writes ``grokking_<name>.json/.csv/.png`` and ``grokking.json``.
 
@@ -220,7 +261,7 @@ def run(cfg: GrokConfig, out_dir: Path) -> dict[str, Any]:
                               f"{v.name}: (a+b) mod {cfg.p}, hidden {v.hidden}, η={v.lr:g}, wd={v.weight_decay:g}, momentum={v.momentum:g}", lr=v.lr)
     summary = {r["variant"]["name"]: {"transition": r["transition"], "kendall_over_checkpoints": r["kendall_over_checkpoints"],
                                       "d": r["d"], "train_time_s": r["train_time_s"]} for r in results}
-    payload = {"config": asdict(cfg), "summary": summary, "wall_time_s": time.perf_counter() - start}
+    payload = {"config": asdict(cfg), "summary": summary, "seed_spread": seed_spread(results), "wall_time_s": time.perf_counter() - start}
     write_outputs(out_dir, "grokking", payload)
     return payload
 

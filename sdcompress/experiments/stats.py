@@ -23,7 +23,7 @@ generalization measures and where to find them":
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,3 +169,77 @@ def _finite(v: Any) -> bool:
         return v is not None and math.isfinite(float(v))
     except (TypeError, ValueError):
         return False
+
+
+def bootstrap_interval(
+    stat: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a statistic of ``n`` runs.
+
+    Each resample draws ``n`` run indices with replacement (numpy ``default_rng(seed)``)
+    and calls ``stat(indices)``; resamples where the statistic is undefined (``nan``, e.g.
+    a constant sample) are dropped.
+
+    Args:
+        stat: the statistic of the runs at the given indices.
+        n: number of runs.
+        n_resamples: resamples (0: no interval).
+        level: coverage in (0, 1).
+        seed: seed of the resampling.
+
+    Returns:
+        ``(low, high)``: the (1 − level)/2 and (1 + level)/2 quantiles of the defined
+        resampled values, or ``(nan, nan)`` when there are none.
+
+    Raises:
+        ConfigError: ``level`` outside (0, 1) or negative ``n_resamples``.
+    """
+    if not 0 < level < 1 or n_resamples < 0:
+        raise ConfigError(f"bootstrap needs 0 < level < 1 and n_resamples ≥ 0, got level={level}, n_resamples={n_resamples}")
+    if n_resamples == 0 or n < 1:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, size=n)) for _ in range(n_resamples)], dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def partial_kendall(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, z: Sequence[float] | np.ndarray) -> float:
+    """Kendall's partial τ of x and y given z:
+    (τ_xy − τ_xz·τ_yz) / sqrt((1 − τ_xz²)(1 − τ_yz²)) (Kendall 1942).
+
+    Returns:
+        The partial τ, or ``nan`` when a τ is undefined or |τ_xz| or |τ_yz| is 1.
+    """
+    txy, txz, tyz = kendall_tau(x, y), kendall_tau(x, z), kendall_tau(y, z)
+    denom = (1 - txz**2) * (1 - tyz**2)
+    if not all(math.isfinite(t) for t in (txy, txz, tyz)) or denom <= 0:
+        return float("nan")
+    return (txy - txz * tyz) / math.sqrt(denom)
+
+
+def slice_slope(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, group: Sequence[Any] | np.ndarray) -> float:
+    """Least-squares coefficient of x in y ~ x + one intercept per group (the pooled
+    within-group slope): Σ (x − x̄_g)(y − ȳ_g) / Σ (x − x̄_g)².
+
+    Returns:
+        The slope, or ``nan`` when x is constant within every group.
+    """
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    g = np.asarray(group)
+    xc, yc = a.copy(), b.copy()
+    for v in np.unique(g):
+        m = g == v
+        xc[m] -= a[m].mean()
+        yc[m] -= b[m].mean()
+    sxx = float(np.sum(xc * xc))
+    return float(np.sum(xc * yc)) / sxx if sxx > 1e-300 else float("nan")

@@ -32,7 +32,10 @@ Why a product costs more than a gradient: a kept-graph product is one backward p
 through the graph of the gradient, which holds the forward's and the backward's nodes,
 so it costs about 1.5 plain gradients; the functional wrapper (``functional_call``, the
 flat vector's split/cat) adds to the graph's build (once per operator), not to each
-product.
+product. Building the graph on the model's own parameter tensors instead (as PyHessian
+does) was measured slower per product here (0.39 vs 0.36 ms on the MLP, 17.5 vs 16.4
+ms on tiny-gpt2: the per-parameter split and concatenation of the vectors cost more
+than the flat graph's split node), so the flat graph stays.
 """
 
 from __future__ import annotations

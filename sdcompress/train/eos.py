@@ -73,7 +73,8 @@ def sharpness(loaded: LoadedModel, batch: Batch, *, steps: int = 20, seed: int =
     """
     batch = move_batch(batch, model_device(loaded))
     loss = FunctionalLoss(loaded.model, loss_fn=loaded.loss_fn)
-    pairs = top_eigenpairs(HessianOperator(loss, batch), 1, steps=steps, seed=seed)
+    # value and residual only: no Ritz vector, so no replay when the basis does not fit (O(d) memory)
+    pairs = top_eigenpairs(HessianOperator(loss, batch), 1, steps=steps, seed=seed, vectors=False)
     return Sharpness(float(pairs.values[0]), float(pairs.residuals[0]), int(pairs.n_matvecs))
 
 
