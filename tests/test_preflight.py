@@ -140,6 +140,12 @@ def test_pipeline_writes_preflight_and_resumes_with_its_picks(tmp_path):
     report = run_pipeline(replace(cfg, dry_run=False))  # resumes: the same preflight.json, then Lyapunov, a new plan
     assert json.loads((out / "preflight.json").read_text()) == saved.to_dict()
     assert (out / "lyapunov").is_dir() and DRY_RUN_NOTE not in Plan.load(out / "plan.json").notes
+    # the Lyapunov stage's products: warm start + two frames (convergence test) × m × steps, all counted
+    from sdcompress.estimator import SDEstimate
+
+    lyap = SDEstimate.load(out / "lyapunov")
+    predicted = next(s for s in saved.stages if s.name == "Lyapunov")
+    assert lyap.converged is False and lyap.n_hvp == predicted.hvps == (2 * 3 + 20) + 2 * 3 * 4
     assert report.preflight == saved.to_dict()
     assert "## Pre-flight" in (out / "report.md").read_text()
 

@@ -273,6 +273,8 @@ class Knobs:
     curvature_batches: int = 0  # per-module curvature of the planner (0: not measured)
     curvature_probes: int = 0
     curvature_pairs: int = 0  # (module, rank) truncation costs, one product each per batch
+    lyap_frames: int = 1  # 2 when the convergence test rides a second (twin) frame on the same orbit
+    lyap_warm: int = 0  # products of the Jacobian warm start (2m + 20 Lanczos steps), before the steps
     curvature_bytes: int = 0  # the truncation deltas it keeps
     fixed_batch: bool = False  # the batch size is part of the model's EoS setting (built-ins): never changed
     reorth: str = "auto"  # estimate.reorth as configured
@@ -345,18 +347,16 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
         add("SD estimate", k.n_batches * (hvp1 + probe.d * hvp), 0, hv, f"exact, {k.n_batches} dense Hessians",
             extra_bytes=2.0 * probe.d ** 2 * 8)
     elif k.method == "lyapunov":
-        hv = k.lyap_steps * k.lyap_m
-        add("SD estimate", k.lyap_steps * (grad + hvp1 + (k.lyap_m - 1) * hvp), 6 * k.lyap_m + 2, hv,
-            f"Lyapunov m = {k.lyap_m} × {k.lyap_steps} steps")
+        sec, vectors, hv = _lyapunov_cost(k, grad, hvp1, hvp, probe.d)
+        add("SD estimate", sec, vectors, hv, f"Lyapunov m = {k.lyap_m} × {k.lyap_steps} steps{_frames_note(k)}")
     else:
         hv = k.slq_runs * k.lanczos_steps
         add("SD estimate", k.slq_runs * (hvp1 + (k.lanczos_steps - 1) * hvp),
             lanczos_vectors(probe, k.lanczos_steps, lmode), hv,
             f"{k.method}: {k.slq_runs} SLQ runs × {k.lanczos_steps} Lanczos steps ({lmode} reorthogonalisation)")
     if k.lyapunov and k.method != "lyapunov":
-        hv = k.lyap_steps * k.lyap_m
-        add("Lyapunov", k.lyap_steps * (grad + hvp1 + (k.lyap_m - 1) * hvp), 6 * k.lyap_m + 2, hv,
-            f"m = {k.lyap_m} tangent vectors × {k.lyap_steps} steps")
+        sec, vectors, hv = _lyapunov_cost(k, grad, hvp1, hvp, probe.d)
+        add("Lyapunov", sec, vectors, hv, f"m = {k.lyap_m} tangent vectors × {k.lyap_steps} steps{_frames_note(k)}")
     # evaluation runs at its own batch size; the sliding-window perplexity's windows are counted in examples
     eval_sec = (math.ceil(k.eval_test / k.eval_batch_size) + math.ceil(k.eval_train / k.eval_batch_size)) \
         * probe.t_forward * probe.scale(k.eval_batch_size) + _window_seconds(probe, k)
@@ -379,4 +379,20 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
 
 
 
+def _lyapunov_cost(k: "Knobs", grad: float, hvp1: float, hvp: float, d: int) -> tuple[float, int, int]:
+    """Seconds, d-vectors held and products of the Lyapunov stage at its step cap: per step one
+    gradient graph serves the SGD step and the products of every frame (``lyap_frames`` of m
+    columns each), after the warm start's Lanczos run. The convergence test may stop it early,
+    so this is an upper bound."""
+    warm = min(d, k.lyap_warm)
+    per_step = k.lyap_frames * k.lyap_m
+    sec = k.lyap_steps * (grad + hvp1 + (per_step - 1) * hvp) + warm * hvp
+    return sec, 6 * per_step + 2, k.lyap_steps * per_step + warm
+
+
+def _frames_note(k: "Knobs") -> str:
+    return " (two frames: convergence test)" if k.lyap_frames > 1 else ""
+
+
 __all__ = ["GiB", "Knobs", "Probe", "StagePrediction", "lanczos_mode", "lanczos_vectors", "memory_in_use", "predict", "probe_costs"]
+

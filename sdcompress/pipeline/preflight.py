@@ -435,6 +435,8 @@ def knobs_for(cfg: Any, trained: Any, *, lyapunov: bool) -> Knobs:
         eval_test_cap=t_cap, eval_train_cap=r_cap, eval_batch_size=ev.batch_size, remeasure=ev.remeasure_sd,
         compress=True, lm_tokens_per_example=block, vocab=vocab, n_test_total=n_test, n_train_total=n_train,
         window_context=ctx, window_stride=stride,
+        lyap_frames=1 if e.lyapunov_tol is None else 2,
+        lyap_warm=2 * e.lyapunov_exponents + 20 if e.lyapunov_warm_start == "jacobian" else 0,
     )
 
 
