@@ -460,7 +460,7 @@ def lyapunov_sd(
         convergence={**res.convergence, "hvp": n_hvp[0], "warm_start": warm} if res.convergence else {},
         subspace=subspace,
     )
-    logger.info("%s", est.summary())
+    logger.debug("%s", est.summary())  # estimate_sd (the entry point) logs it at INFO
     return est
 
 

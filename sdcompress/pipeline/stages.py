@@ -174,7 +174,7 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
         est.save(folder, ESTIMATES_FILE)
         for written in folder.glob("*.safetensors"):  # the subspace of a Lyapunov estimate (safetensors: 0600)
             set_default_modes(written)
-    logger.info("%s", est.summary())
+    logger.debug("%s", est.summary())  # estimate_sd logged it at INFO
     lyap = est if est.subspace is not None else None
     if lyap is None and needs_subspace(cfg) and lyapunov:
         ldir = folder / LYAPUNOV_DIR
@@ -193,14 +193,17 @@ def stage_estimate(cfg: RunConfig, folder: Path, loaded: LoadedModel, data: Data
                 os.replace(tmp, ldir)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed when anything failed
-        logger.info("%s", lyap.summary())
+        logger.debug("%s", lyap.summary())  # estimate_sd logged it at INFO
         conv = lyap.convergence or {}
         if lyap.converged:
             logger.info("the Lyapunov subspace converged after %s steps (%s test)", conv.get("steps"), conv.get("test"))
         elif lyap.converged is False:
+            def g(x: Any) -> str:
+                return "n/a" if x is None else f"{float(x):.3g}"
+
             logger.warning("the Lyapunov subspace did NOT converge within %s steps (frames differ by %s, tolerance %s): "
                            "plans must not use it; raise --set estimate.lyapunov_steps=N",
-                           conv.get("steps"), conv.get("max_frame_difference"), conv.get("tol"))
+                           conv.get("steps"), g(conv.get("max_frame_difference")), g(conv.get("tol")))
     if (folder / EVAL_BEFORE_FILE).is_file():
         before = EvalReport.load(folder / EVAL_BEFORE_FILE)
     else:
