@@ -42,6 +42,7 @@ integer kernels): they save memory at rest, not time.
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 from typing import Any
@@ -135,7 +136,7 @@ class PackedTensor(nn.Module):
         return f"{self.rows}×{self.cols}, int{self.bits}, group_size={self.group_size}, values={self.n_values}"
 
 
-class _StoredLinear(nn.Module):
+class _StoredLinear(nn.Module, abc.ABC):
     """What the three layer kinds share: shape, float bias, and ``to_dense``."""
 
     kind = ""
@@ -148,8 +149,9 @@ class _StoredLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
 
-    def to_dense(self) -> Tensor:  # pragma: no cover - every kind defines it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def to_dense(self) -> Tensor:
+        """The stored layer's weight as a dense (out, in) matrix."""
 
     def _shape_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
