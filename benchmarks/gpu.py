@@ -117,12 +117,14 @@ def run_config(model: str, out: Path, smoke: bool) -> Any:
     return config_from_args(parser.parse_args(argv))
 
 
-def measure(model: str, out: Path, smoke: bool, device: torch.device) -> dict[str, Any]:
-    """Run the main job once with a :class:`StageMeter` attached; returns the record."""
+def run_metered(cfg: Any, device: torch.device) -> tuple[Any, list[dict[str, Any]], float]:
+    """Run the pipeline once with a :class:`StageMeter` on the ``sdcompress`` logger.
+
+    Returns:
+        The run report, the meter's per-stage rows and the wall-clock seconds.
+    """
     from sdcompress.pipeline import run_pipeline
 
-    cfg = run_config(model, out / "run", smoke)
-    cfg.device = device.type
     log = logging.getLogger("sdcompress")
     log.setLevel(logging.INFO)
     meter = StageMeter(device)
@@ -133,11 +135,19 @@ def measure(model: str, out: Path, smoke: bool, device: torch.device) -> dict[st
     finally:
         rows = meter.finish()
         log.removeHandler(meter)
+    return report, rows, time.perf_counter() - start
+
+
+def measure(model: str, out: Path, smoke: bool, device: torch.device) -> dict[str, Any]:
+    """Run the main job once with a :class:`StageMeter` attached; returns the record."""
+    cfg = run_config(model, out / "run", smoke)
+    cfg.device = device.type
+    report, rows, seconds = run_metered(cfg, device)
     return {
         "mode": "smoke" if smoke else "full", "model": model, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "memory": "peak GPU memory allocated" if device.type == "cuda" else "peak resident memory (CPU)",
-        "threads": torch.get_num_threads(), "total_seconds": time.perf_counter() - start, "stages": rows,
+        "threads": torch.get_num_threads(), "total_seconds": seconds, "stages": rows,
         "preflight": report.preflight, "sd_before": report.sd_before, "sd_after": report.sd_after,
         "test_loss_before": report.test_loss_before, "test_loss_after": report.test_loss_after,
         "params_before": report.params_before, "params_after": report.params_after,

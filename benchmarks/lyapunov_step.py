@@ -43,7 +43,7 @@ import platform
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -55,24 +55,11 @@ from sdcompress.linalg.operators import HessianOperator, StepJacobian
 from sdcompress.linalg.qr import cholesky_qr
 from sdcompress.models import MLP, FunctionalLoss, tiny_gpt2
 
+from estimator import best_time  # benchmarks/estimator.py: the same timing rule for every benchmark
+
 logger = logging.getLogger("benchmarks.lyapunov_step")
 OUT = Path(__file__).resolve().parents[1] / "results" / "bench"
 LR, WD = 0.1, 0.01
-
-
-def best_time(fn: Callable[[], Any], *, repeats: int = 5, min_time: float = 0.3) -> float:
-    """Minimum over ``repeats`` of the mean time of ``fn`` (called until ``min_time`` s)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            if time.perf_counter() - start >= min_time:
-                break
-        best = min(best, (time.perf_counter() - start) / n)
-    return best
 
 
 def load() -> str:

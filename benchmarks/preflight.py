@@ -26,7 +26,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gpt2_small import make_model_folder  # noqa: E402
-from gpu import StageMeter  # noqa: E402
+from gpu import run_metered  # noqa: E402
 
 from sdcompress.io import write_json_atomic  # noqa: E402
 
@@ -67,7 +66,6 @@ def cases(quick: bool, work: Path) -> list[dict[str, Any]]:
 def run_case(case: dict[str, Any], out: Path) -> dict[str, Any]:
     from sdcompress.cli.main import build_parser
     from sdcompress.cli.run import config_from_args
-    from sdcompress.pipeline import run_pipeline
 
     argv = [case["model"], "--target-rank", "auto", "--output-dir", str(out), "--overwrite", "--time-budget", "0"]
     for s in case["set"]:
@@ -77,17 +75,8 @@ def run_case(case: dict[str, Any], out: Path) -> dict[str, Any]:
     parser, _ = build_parser(argv)
     cfg = config_from_args(parser.parse_args(argv))
     cfg.device = "cpu"
-    log = logging.getLogger("sdcompress")
-    log.setLevel(logging.INFO)
-    meter = StageMeter(torch.device("cpu"))
-    log.addHandler(meter)
     load0 = os.getloadavg()
-    start = time.perf_counter()
-    try:
-        report = run_pipeline(cfg)
-    finally:
-        rows = meter.finish()
-        log.removeHandler(meter)
+    report, rows, seconds = run_metered(cfg, torch.device("cpu"))
     pre = report.preflight
     stages = {s["name"]: s for s in pre["stages"]}
     table = []
@@ -104,7 +93,7 @@ def run_case(case: dict[str, Any], out: Path) -> dict[str, Any]:
                       "measured_peak_bytes": row["peak_bytes"],
                       "predicted_hvps": sum(stages[n]["hvps"] for n in names)})
     return {"case": case["name"], "command": "sdcompress " + " ".join(argv), "load_before": load0,
-            "load_after": os.getloadavg(), "threads": torch.get_num_threads(), "total_s": time.perf_counter() - start,
+            "load_after": os.getloadavg(), "threads": torch.get_num_threads(), "total_s": seconds,
             "probe": pre["probe"], "stages": table, "preflight": pre}
 
 
