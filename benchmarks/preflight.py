@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,33 @@ from gpt2_small import make_model_folder  # noqa: E402
 from gpu import run_metered  # noqa: E402
 
 from sdcompress.io import write_json_atomic  # noqa: E402
+from sdcompress.pipeline.preflight import REMEASURE_RECORD  # noqa: E402
+
+class Marks(logging.Handler):
+    """Times of the log records that split stage 3 (plan made; model compressed) and stage 4
+    (the re-probe's updated prediction; the report line that ends the re-measure)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.t: dict[str, float] = {}
+        self.remeasure: dict[str, Any] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        now, msg = time.perf_counter(), record.getMessage()
+        if msg.startswith("[3/5]"):
+            self.t["stage3"] = now
+        elif msg.startswith("[4/5]"):
+            self.t["stage4"] = now
+        elif msg.startswith("[5/5]"):
+            self.t["stage5"] = now
+        elif record.name == "sdcompress.pipeline.stages" and "stage3" in self.t and "planned" not in self.t:
+            self.t["planned"] = now  # the plan's summary: curvature and planning done
+        elif record.name == "sdcompress.compress.apply" and msg.startswith("compressed ") and "compressed" not in self.t:
+            self.t["compressed"] = now
+        payload = getattr(record, REMEASURE_RECORD, None)
+        if payload is not None:
+            self.remeasure, self.t["reprobed"] = payload, now
+
 
 GROUPS = {"[1/5]": ("SGD phase",), "[2/5]": ("SD estimate", "Lyapunov", "evaluate"), "[3/5]": ("plan+compress",),
           "[4/5]": ("re-measure SD",)}
@@ -76,7 +104,13 @@ def run_case(case: dict[str, Any], out: Path) -> dict[str, Any]:
     cfg = config_from_args(parser.parse_args(argv))
     cfg.device = "cpu"
     load0 = os.getloadavg()
-    report, rows, seconds = run_metered(cfg, torch.device("cpu"))
+    marks = Marks()
+    log = logging.getLogger("sdcompress")
+    log.addHandler(marks)
+    try:
+        report, rows, seconds = run_metered(cfg, torch.device("cpu"))
+    finally:
+        log.removeHandler(marks)
     pre = report.preflight
     stages = {s["name"]: s for s in pre["stages"]}
     table = []
@@ -91,10 +125,31 @@ def run_case(case: dict[str, Any], out: Path) -> dict[str, Any]:
                       "ratio": predicted / measured if measured > 0 else None,
                       "predicted_peak_bytes": max((stages[n]["peak_bytes"] for n in names), default=None),
                       "measured_peak_bytes": row["peak_bytes"],
-                      "predicted_hvps": sum(stages[n]["hvps"] for n in names)})
+                      "predicted_hvps": sum(stages[n]["hvps"] for n in names),
+                      "predicted_svds": sum(stages[n].get("svds", 0) for n in names)})
+    t = marks.t
+    parts = []  # stage 3 split by its log lines, and the re-probed re-measure
+    pc = stages.get("plan+compress", {}).get("parts", {})
+    for name, a, b in (("curvature and plan", "stage3", "planned"), ("compress a copy", "planned", "compressed"),
+                       ("evaluate the copy", "compressed", "stage4")):
+        if a in t and b in t:
+            key = {"curvature and plan": "curvature", "compress a copy": "compress", "evaluate the copy": "evaluate"}[name]
+            predicted, measured = pc.get(key), t[b] - t[a]
+            parts.append({"stage": f"[3/5] {name}", "predicted_s": predicted, "measured_s": measured,
+                          "ratio": predicted / measured if predicted is not None and measured > 0 else None})
+    if marks.remeasure is not None and "stage5" in t:
+        predicted, measured = marks.remeasure["stage"]["seconds"], t["stage5"] - t["reprobed"]
+        parts.append({"stage": "[4/5] re-measure SD, re-probed on the compressed model", "predicted_s": predicted,
+                      "measured_s": measured, "ratio": predicted / measured if measured > 0 else None,
+                      "reprobe_wall_time_s": marks.remeasure["probe_wall_time_s"],
+                      "reprobe": marks.remeasure["probe"]})
+        for row in table:  # the first table's stage 4 without the re-probe itself
+            if row["stage"].startswith("[4/5]"):
+                row["measured_s"] -= marks.remeasure["probe_wall_time_s"]
+                row["ratio"] = row["predicted_s"] / row["measured_s"] if row["measured_s"] > 0 else None
     return {"case": case["name"], "command": "sdcompress " + " ".join(argv), "load_before": load0,
             "load_after": os.getloadavg(), "threads": torch.get_num_threads(), "total_s": seconds,
-            "probe": pre["probe"], "stages": table, "preflight": pre}
+            "probe": pre["probe"], "stages": table, "parts": parts, "preflight": pre}
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
@@ -110,13 +165,25 @@ def markdown(records: list[dict[str, Any]]) -> str:
                   f"({p['t_hvp_first'] * 1e3:.1f} ms the first) at {p['n_small']} examples; {r['threads']} threads; "
                   f"load average {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after; total {r['total_s']:.1f} s.",
                   "", "| stage | predicted from | products | predicted s | measured s | predicted / measured | "
-                  "predicted peak (MiB) | measured peak (MiB) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "predicted peak (MiB) | measured peak (MiB) | SVDs |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for s in r["stages"]:
             ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}"
             pk = "n/a" if s["predicted_peak_bytes"] is None else f"{s['predicted_peak_bytes'] / 2**20:.0f}"
             lines.append(f"| {s['stage'][:40]} | {', '.join(s['predicted_from']) or '-'} | {s['predicted_hvps']} | "
                          f"{s['predicted_s']:.2f} | {s['measured_s']:.2f} | {ratio} | {pk} | "
-                         f"{s['measured_peak_bytes'] / 2**20:.0f} |")
+                         f"{s['measured_peak_bytes'] / 2**20:.0f} | {s.get('predicted_svds', 0)} |")
+        if r.get("parts"):
+            lines += ["", "| part | predicted s | measured s | predicted / measured |", "|---|---:|---:|---:|"]
+            for s in r["parts"]:
+                ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}"
+                pred = "n/a" if s["predicted_s"] is None else f"{s['predicted_s']:.2f}"
+                lines.append(f"| {s['stage']} | {pred} | {s['measured_s']:.2f} | {ratio} |")
+            rp = next((s for s in r["parts"] if "reprobe" in s), None)
+            if rp is not None:
+                q = rp["reprobe"]
+                lines.append(f"\nRe-probe of the compressed model: d = {q['d']:,}, one gradient {q['t_grad'] * 1e3:.1f} ms, "
+                             f"one product {q['t_hvp'] * 1e3:.1f} ms at {q['n_small']} examples "
+                             f"(took {rp['reprobe_wall_time_s']:.2f} s, excluded from the stage-4 row above).")
         lines.append("")
     return "\n".join(lines)
 

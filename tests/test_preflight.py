@@ -178,3 +178,143 @@ def test_thread_policy(monkeypatch):
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ the smaller probes (SVDs, curvature, overhead)
+
+
+def test_compression_terms_by_hand():
+    """plan+compress = curvature (an SVD and the rank-grid rebuilds per target, then per batch the
+    graph, the probes and one single-module product per pair) + tries × (SVDs + rebuild + copy + evaluation)."""
+    from sdcompress.pipeline.costs import compression_seconds, rebuild_seconds, svd_seconds
+    from sdcompress.plan.curvature import rank_grid
+
+    p = gpt2_like_probe(svd_s={"768x768": [2.0, 0.1, 0.5, 287.0], "3072x768": [6.0, 0.4, 2.0, 307.0]},
+                        t_curv_graph=3.0, t_curv_probe=8.0, t_curv_product=0.5)
+    assert svd_seconds(p, 768, 768) == 2.0 and svd_seconds(p, 768, 3072) == pytest.approx(6.0)  # same o·i·min
+    assert svd_seconds(p, 2304, 768) == pytest.approx(6.0 * 3 / 4)  # scaled by o·i·min(o, i) from 3072×768
+    assert rebuild_seconds(p, 768, 768, 1) == 0.1 and rebuild_seconds(p, 768, 768, 287) == pytest.approx(0.5)
+    shapes = ((768, 768), (3072, 768))
+    k = gpt2_like_knobs(batch_size=2, curvature_batches=2, curvature_probes=4, curvature_pairs=10, target_shapes=shapes,
+                        svd_shapes=shapes, max_tries=3, eval_test=8, eval_train=8, eval_batch_size=2,
+                        lm_tokens_per_example=0, vocab=0)
+    curv, per_try, svds = compression_seconds(p, k)
+    prep = sum(svd_seconds(p, o, i) + sum(rebuild_seconds(p, o, i, r) for r in rank_grid((o * i - 1) // (o + i)))
+               for o, i in shapes)
+    assert curv == pytest.approx(prep + 2 * (3.0 + 4 * 8.0 + 10 * 0.5))
+    assert svds == 2 + 3 * 2  # the curvature's SVDs once, compress_'s on every try
+    stage = {s.name: s for s in predict(p, k)}["plan+compress"]
+    assert stage.svds == svds and stage.hvps == 2 * (4 + 10)
+    assert stage.seconds == pytest.approx(curv + 3 * (per_try + 8 * 2.0))
+    assert stage.parts["curvature"] == pytest.approx(curv) and stage.parts["evaluate"] == pytest.approx(3 * 8 * 2.0)
+    # the first table's re-measure scales the products by the planned size, not the overhead
+    full, half = (next(s for s in predict(p, replace(k, remeasure_fraction=f)) if s.name == "re-measure SD") for f in (1, .5))
+    assert half.parts["products"] == pytest.approx(0.5 * full.parts["products"]) and half.hvps == full.hvps
+
+
+def _svd_counter(monkeypatch) -> list:
+    calls = []
+    real = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **kw: calls.append(tuple(a[0].shape)) or real(*a, **kw))
+    return calls
+
+
+def test_predicted_svds_are_the_svds_that_run(monkeypatch):
+    """The pre-flight's SVD count equals the float64 SVDs the planner's curvature and compress_ run."""
+    from sdcompress.compress import compress_
+    from sdcompress.pipeline.preflight import factorised_shapes, planned_fraction
+    from sdcompress.pipeline.subprobes import probe_compression
+    from sdcompress.plan import describe_modules, make_plan, planning_inputs
+    from sdcompress.estimator.result import SDEstimate
+
+    torch.manual_seed(0)
+    loaded = load_model("tiny-gpt2", seed=0, block_size=16, n_embd=16, n_layer=2, n_head=2)
+    data = load_data("pydoc", block_size=16)
+    batch = BatchStream(data.train, 4, seed=0).batch(0)
+    modules = describe_modules(loaded.model)
+    shapes = tuple((m.out_features, m.in_features) for m in modules)
+    curved = PlanConfig(curvature_batches=1, curvature_probes=2)
+    calls = _svd_counter(monkeypatch)
+    planning_inputs(loaded.model, curved, curvature_batches=[batch])
+    assert len(calls) == len(shapes) == 8  # one per target weight, in (out, in) form
+    manual = PlanConfig(target_rank=3, strategy="uniform-rank", curvature_batches=0)
+    est = SDEstimate(method="ps", sd=10.0, j_star=3, exponents=torch.zeros(3).numpy(), weights=torch.ones(3).numpy(),
+                     d=sum(p.numel() for p in loaded.model.parameters()), n_hvp=0, wall_time_s=0.0, lr=0.1, weight_decay=0.0)
+    plan = make_plan(est, modules, manual)
+    calls.clear()
+    model = __import__("copy").deepcopy(loaded.model)
+    compress_(model, plan)
+    assert len(calls) == len(factorised_shapes(manual, modules)) == 8
+    probe = probe_compression(gpt2_like_probe(), loaded.model, batch, modules)  # only its n_small is read
+    k = gpt2_like_knobs(batch_size=4, sgd_steps=0, lyapunov=False, eval_test=4, eval_train=4, eval_batch_size=4,
+                        curvature_batches=1, curvature_probes=2, curvature_pairs=10, target_shapes=shapes,
+                        svd_shapes=factorised_shapes(manual, modules))
+    assert {s.name: s for s in predict(probe, k)}["plan+compress"].svds == 8 + 8
+    assert set(probe.svd_s) == {f"{o}x{i}" for o, i in shapes}  # 2 distinct shapes, each timed once
+    assert probe.t_curv_product > 0 and probe.t_curv_graph > 0 and probe.t_curv_probe > 0
+    # the planned size: rank 3 on every target (k(o+i) params each) out of d
+    d = est.d
+    total = sum(o * i for o, i in shapes)
+    assert planned_fraction(manual, modules, d) == pytest.approx((d - total + sum(3 * (o + i) for o, i in shapes)) / d)
+    assert planned_fraction(PlanConfig(), modules, d) == 1.0  # SD decides: unknown before planning
+    assert factorised_shapes(PlanConfig(strategy="magnitude", target_rank="off", prune=0.5), modules) == ()
+
+
+def test_overhead_term_brings_a_small_model_within_bounds():
+    """On the digits MLP (d = 1,440) products take microseconds and the estimate's time is its Lanczos,
+    density and bootstrap work: the prediction with the measured overhead is within 2× of the real
+    estimate, and the products alone are not."""
+    from sdcompress.pipeline.preflight import estimate_knobs
+    from sdcompress.pipeline.subprobes import probe_overheads
+    from sdcompress.train import builtin_for_data
+
+    data = load_data("digits")
+    loaded = builtin_for_data("mlp", data, seed=0)
+    stream = BatchStream(data.train, 32, seed=0)
+    e = EstimateConfig(method="ps", slq_runs=6, lanczos_steps=20, n_bootstrap=200)
+    cfg = RunConfig(model=ModelConfig("mlp"), data=DataConfig(batch_size=32), estimate=e)
+    k = estimate_knobs(cfg)
+    probe = probe_costs(loaded, move_batch(stream.batch(0), "cpu"))
+    sizes = [p.numel() for p in loaded.model.parameters()]
+    probe = probe_overheads(probe, k, sizes, e, lr=0.1)
+    pred = predict(probe, k)[0]
+    estimate_sd(loaded.model, stream, lr=0.1, loss_fn=loaded.loss_fn, config=e)  # warm (imports, allocator)
+    t = time.perf_counter()
+    est = estimate_sd(loaded.model, stream, lr=0.1, loss_fn=loaded.loss_fn, config=e)
+    measured = time.perf_counter() - t
+    assert est.n_hvp == pred.hvps == 120 and pred.parts["overhead"] > 0
+    assert 0.5 < pred.seconds / measured < 2.0, (pred.parts, measured)
+    assert pred.parts["products"] / measured < 0.5, (pred.parts, measured)  # without the overhead: far under
+
+
+def test_reprobe_predicts_the_remeasure_on_the_compressed_model(tmp_path, caplog):
+    """Before the re-measure the compressed model is probed again: the logged prediction counts
+    exactly the products the re-measure spends, at the compressed model's d."""
+    import logging
+
+    from sdcompress.pipeline.preflight import REMEASURE_RECORD, remeasure_prediction
+    from sdcompress.pipeline.stages import compress_copy
+    from sdcompress.plan import describe_modules, make_plan
+    from sdcompress.estimator.result import SDEstimate
+
+    torch.manual_seed(0)
+    loaded = load_model("tiny-gpt2", seed=0, block_size=16, n_embd=16, n_layer=2, n_head=2)
+    data = load_data("pydoc", block_size=16)
+    cfg = small_config(tmp_path / "r").resolved()
+    cfg.data.batch_size = 4
+    stream = BatchStream(data.train, 4, seed=0)
+    est = SDEstimate(method="ps", sd=10.0, j_star=3, exponents=torch.zeros(3).numpy(), weights=torch.ones(3).numpy(),
+                     d=sum(p.numel() for p in loaded.model.parameters()), n_hvp=0, wall_time_s=0.0, lr=0.1, weight_decay=0.0)
+    plan = make_plan(est, describe_modules(loaded.model), PlanConfig(target_rank=2, strategy="uniform-rank",
+                                                                     curvature_batches=0))
+    compressed, _ = compress_copy(loaded, plan)
+    with caplog.at_level(logging.INFO, logger="sdcompress"):
+        stage = remeasure_prediction(cfg, compressed, stream, lr=0.1)
+    record = next(r for r in caplog.records if hasattr(r, REMEASURE_RECORD))
+    assert getattr(record, REMEASURE_RECORD)["stage"]["seconds"] == stage.seconds
+    from sdcompress.evaluate import measure_sd
+
+    after = measure_sd(compressed, stream, lr=0.1, estimate_config=cfg.estimate)
+    assert after.n_hvp == stage.hvps == 3 * 8 and after.d == getattr(record, REMEASURE_RECORD)["probe"]["d"] < est.d
+    disabled = replace(cfg, preflight=PreflightConfig(enabled=False))
+    assert remeasure_prediction(disabled, compressed, stream, lr=0.1) is None

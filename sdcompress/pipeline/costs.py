@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -34,7 +34,17 @@ class Probe:
         base_bytes: memory in use before the probe (resident on CPU, allocated on CUDA).
         hvp_bytes: peak extra memory of a product (gradient graph, activations).
         threads: torch threads.
-        wall_time_s: what the probe itself took.
+        wall_time_s: what the probe itself took (the smaller probes included).
+        activation_bytes_per_example: growth of a gradient's peak memory per example.
+        svd_s: per distinct target shape ``"OUTxIN"``: seconds of a float64 SVD, of
+            rebuilding a rank-1 and a rank-k2 truncation, and k2 (:mod:`~sdcompress.pipeline.subprobes`).
+        t_curv_graph, t_curv_probe, t_curv_product: the planner's curvature work at ``n_curv``
+            examples (the larger size of the product line for a cheap model, else ``n_small``).
+        overhead: the estimators' non-product seconds (``slq_lanczos``, ``slq_density``,
+            ``lyap_step``) and the settings they were timed at.
+        hvp_sizes, hvp_times: product timings at ``n_small`` and a larger batch: products
+            grow faster with the batch than gradients (a double-backward graph over the
+            activations), so they scale along their own line.
     """
 
     device: str
@@ -52,12 +62,30 @@ class Probe:
     threads: int
     wall_time_s: float
     activation_bytes_per_example: float = 0.0  # growth of a gradient's peak memory per example
+    # the smaller probes (sdcompress.pipeline.subprobes); empty or 0: not measured, not predicted
+    svd_s: dict[str, list[float]] = field(default_factory=dict)  # "OxI": [float64 SVD s, rebuild at rank 1, at k2, k2]
+    t_curv_graph: float = 0.0  # at n_curv: gradient of the target weights with its graph (once per curvature batch)
+    t_curv_probe: float = 0.0  # at n_curv: one Hutchinson probe (a backward pass over all target weights)
+    t_curv_product: float = 0.0  # at n_curv: one module's truncation product (mean over up to 3 modules)
+    n_curv: int = 0  # examples the curvature work was timed on (0: n_small)
+    overhead: dict[str, float] = field(default_factory=dict)  # the estimators' non-product seconds and their settings
+    hvp_sizes: tuple[int, ...] = ()  # product timings at one or two batch sizes (the products' own scaling line)
+    hvp_times: tuple[float, ...] = ()
 
     def workspace(self, n: int) -> float:
         """Peak extra memory of a product at ``n`` examples: the measured one at ``n_small`` plus
         the activations of the other examples, kept about 3 times over (the gradient's graph,
         the double-backward graph on top of it, their gradients)."""
         return self.hvp_bytes + 3.0 * self.activation_bytes_per_example * max(n - self.n_small, 0)
+
+    def hvp_scale(self, n: int) -> float:
+        """t_hvp(n) / t_hvp(n_small): a line through the product timings (the gradient line when
+        products were timed at one size only)."""
+        if len(self.hvp_sizes) < 2 or self.hvp_sizes[0] == self.hvp_sizes[1]:
+            return self.scale(n)
+        (n0, n1), (t0, t1) = self.hvp_sizes, self.hvp_times
+        slope = max((t1 - t0) / (n1 - n0), 0.0)
+        return max(t0 + slope * (n - n0), 1e-9) / t0
 
     def scale(self, n: int) -> float:
         """t_grad(n) / t_grad(n_small): a line through the gradient timings (≥ n/n_small·0 floor)."""
@@ -79,6 +107,9 @@ class StagePrediction:
         grads: the cost in gradient-equivalents (seconds / t_grad at the run's batch).
         hvps: Hessian-vector products the stage will spend.
         detail: the settings that drive it.
+        svds: float64 SVDs the stage will run (the planner's curvature and ``compress_``).
+        parts: the seconds split by what spends them (e.g. ``products`` and ``overhead``;
+            ``curvature``, ``compress`` and ``evaluate`` for plan+compress).
     """
 
     name: str
@@ -87,6 +118,8 @@ class StagePrediction:
     grads: float
     hvps: int
     detail: str
+    svds: int = 0
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 def _fmt_s(s: float) -> str:
@@ -171,8 +204,9 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
     """Time a forward pass, a gradient and Hessian-vector products on ``batch``.
 
     Products and the forward pass are timed on the first ``n_small`` examples (default:
-    min(batch, 2)); gradients on those and on the whole batch, which gives the line the
-    other times are scaled along.
+    min(batch, 2)); gradients and products also on a larger head of the batch (the whole
+    batch, or 4·``n_small`` examples for a model whose gradient takes over 2 s), which
+    gives the lines the times are scaled along (:meth:`Probe.scale`, :meth:`Probe.hvp_scale`).
 
     Args:
         loaded: the model and its loss.
@@ -216,6 +250,8 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
     if n > n_small:  # the second point of the line: the whole batch, or 4× the small one for a slow model
         n2 = n if t_grad < 2.0 else min(n, 4 * n_small)
         sizes.append(n2)
+        if t_grad < 0.5:
+            gradient(_head(batch, n2))()  # warm-up at this size too (a cheap model's first call is mostly set-up)
         with _PeakSampler(device) as g_big:
             times.append(_timed(gradient(_head(batch, n2)), device, max_reps=3))
         peaks.append(g_big.peak)
@@ -231,12 +267,19 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
             firsts.append(time.perf_counter() - t)
         t_hvp = _timed(lambda: op.matvec(v), device)
         del op
+    hvp_sizes, hvp_times = [n_small], [t_hvp]
+    if len(sizes) > 1:  # the products' own line: products on the second batch of the gradient line
+        op = HessianOperator(floss, _head(batch, sizes[1]), w)
+        op.matvec(v)  # builds the gradient graph
+        hvp_sizes.append(sizes[1])
+        hvp_times.append(_timed(lambda: op.matvec(v), device, max_reps=2 if t_hvp * sizes[1] / n_small > 1.0 else 5))
+        del op
     return Probe(
         device=str(device), d=int(floss.d), itemsize=int(itemsize), n_small=n_small, t_forward=t_fwd, t_grad=t_grad,
         t_hvp_first=float(min(firsts)), t_hvp=t_hvp, grad_sizes=tuple(sizes), grad_times=tuple(times),
         base_bytes=int(base), hvp_bytes=int(max(peak.peak - base, 0)), threads=torch.get_num_threads(),
         activation_bytes_per_example=float(max(peaks[-1] - peaks[0], 0) / max(sizes[-1] - sizes[0], 1)),
-        wall_time_s=time.perf_counter() - start,
+        hvp_sizes=tuple(hvp_sizes), hvp_times=tuple(hvp_times), wall_time_s=time.perf_counter() - start,
     )
 
 
@@ -282,6 +325,10 @@ class Knobs:
     sharpness_budget: int | None = None  # the same for the SGD phase's λ_max runs (they use linalg's default)
     window_context: int = 0  # sliding-window perplexity of the test text (0: off): context and stride in tokens
     window_stride: int = 0
+    target_shapes: tuple[tuple[int, int], ...] = ()  # (out, in) of every target module (the curvature's SVDs)
+    svd_shapes: tuple[tuple[int, int], ...] = ()  # (out, in) of the modules compress_ factorises (one SVD each per try)
+    max_tries: int = 1  # compress-and-evaluate tries (the closed loop's cap; 1 without plan.tolerance)
+    remeasure_fraction: float = 1.0  # planned share of the products' cost left after compressing (1: unknown)
 
 
 #: d-vectors the probe's measured workspace already holds (the vector v and its product H v)
@@ -319,10 +366,117 @@ def _window_seconds(probe: Probe, k: Knobs) -> float:
     return math.ceil(n_windows / k.eval_batch_size) * probe.t_forward * probe.scale(max(1, round(examples)))
 
 
+def shape_key(o: int, i: int) -> str:
+    """Key of an ``(out, in)`` shape in :attr:`Probe.svd_s`."""
+    return f"{o}x{i}"
+
+
+def useful_rank(o: int, i: int) -> int:
+    """Largest rank whose factorisation is smaller than the dense weight (the top of the planner's rank grid)."""
+    return max(1, max((k for k in range(1, min(o, i) + 1) if k * (o + i) < o * i), default=1))
+
+
+def _nearest_shape(probe: Probe, o: int, i: int, size: Any) -> str:
+    key = shape_key(o, i)
+    if key in probe.svd_s:
+        return key
+
+    def of(k: str) -> float:
+        a, b = (int(x) for x in k.split("x"))
+        return float(size(a, b))
+
+    return min(probe.svd_s, key=lambda k: abs(math.log(of(k) / size(o, i))))
+
+
+def svd_seconds(probe: Probe, o: int, i: int) -> float:
+    """Seconds of one float64 SVD of an ``(o, i)`` matrix: timed, or scaled by ``o·i·min(o, i)``
+    from the timed shape nearest in that count (0 when nothing was timed)."""
+    if not probe.svd_s:
+        return 0.0
+    def flops(a: int, b: int) -> int:
+        return a * b * min(a, b)
+
+    key = _nearest_shape(probe, o, i, flops)
+    a, b = (int(x) for x in key.split("x"))
+    return float(probe.svd_s[key][0]) * flops(o, i) / flops(a, b)
+
+
+def rebuild_seconds(probe: Probe, o: int, i: int, k: int) -> float:
+    """Seconds of forming one rank-``k`` truncation ``W − U_k S_k V_kᵀ`` of an ``(o, i)`` weight:
+    a line in k through the two timed ranks, scaled by ``o·i`` from the nearest timed shape."""
+    if not probe.svd_s:
+        return 0.0
+    key = _nearest_shape(probe, o, i, lambda a, b: a * b)
+    a, b = (int(x) for x in key.split("x"))
+    _, t1, t2, k2 = probe.svd_s[key]
+    slope = max((t2 - t1) / max(k2 - 1.0, 1.0), 0.0)
+    return max(t1 + slope * (k - 1), 0.0) * (o * i) / (a * b)
+
+
+def _overhead(probe: Probe, name: str, scale: float) -> float:
+    """A measured non-product cost, scaled from the settings it was timed at (0 when not timed)."""
+    return float(probe.overhead.get(name, 0.0)) * scale
+
+
+def _slq_overhead(probe: Probe, runs: int, steps: int) -> float:
+    """The SLQ estimate's non-product seconds: the Lanczos part scales with runs × steps, the density step not."""
+    o = probe.overhead
+    if "slq_lanczos" not in o:
+        return 0.0
+    timed = max(o.get("slq_runs", runs) * o.get("lanczos_steps", steps), 1.0)
+    return _overhead(probe, "slq_lanczos", runs * steps / timed) + _overhead(probe, "slq_density", 1.0)
+
+
+def _lanczos_step_overhead(probe: Probe) -> float:
+    """Non-product seconds of one Lanczos step (from the SLQ overhead probe; 0 when not timed)."""
+    o = probe.overhead
+    if "slq_lanczos" not in o:
+        return 0.0
+    return o["slq_lanczos"] / max(o.get("slq_runs", 1.0) * o.get("lanczos_steps", 1.0), 1.0)
+
+
+def compression_seconds(probe: Probe, k: Knobs) -> tuple[float, float, int]:
+    """(curvature seconds, seconds of one compress-and-evaluate try without the evaluation, SVDs per run).
+
+    Curvature (when ``k.curvature_batches``): one float64 SVD of every target weight and
+    the rebuilding of its truncation at every grid rank, then per batch the gradient graph,
+    ``curvature_probes`` whole-target backward passes and one single-module backward pass
+    per (module, rank) pair. A try: one SVD per factorised module (``k.svd_shapes``) and
+    the rebuilding of its product (the relative error), and a copy of the model.
+    """
+    from sdcompress.plan.curvature import rank_grid
+
+    s = probe.scale(k.batch_size)
+    vec = probe.d * probe.itemsize
+    curv = 0.0
+    svds = 0
+    if k.curvature_batches:
+        if probe.t_curv_product > 0:
+            for o, i in k.target_shapes:
+                grid = rank_grid(useful_rank(o, i))
+                curv += svd_seconds(probe, o, i) + sum(rebuild_seconds(probe, o, i, r) for r in grid)
+            svds += len(k.target_shapes)
+            # timed at n_curv; backward passes through the double-backward graph scale like products
+            n_curv = probe.n_curv or probe.n_small
+            sg = probe.scale(k.batch_size) / probe.scale(n_curv)
+            sh = probe.hvp_scale(k.batch_size) / probe.hvp_scale(n_curv)
+            curv += k.curvature_batches * (sg * probe.t_curv_graph + sh * (k.curvature_probes * probe.t_curv_probe
+                                                                           + k.curvature_pairs * probe.t_curv_product))
+        else:  # no curvature probe: whole-model products (an over-estimate)
+            hv = k.curvature_batches * (k.curvature_probes + k.curvature_pairs)
+            curv = k.curvature_batches * s * (probe.t_hvp_first - probe.t_hvp) + hv * s * probe.t_hvp
+    per_try = 2 * vec / 200e6
+    for o, i in k.svd_shapes:
+        per_try += svd_seconds(probe, o, i) + rebuild_seconds(probe, o, i, max(1, useful_rank(o, i) // 2))
+    return curv, per_try, svds + k.max_tries * len(k.svd_shapes)
+
+
 def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
     """Per-stage predictions for the settings ``k`` (module docstring)."""
-    s = probe.scale(k.batch_size)
-    fwd, grad, hvp1, hvp = (probe.t_forward * s, probe.t_grad * s, probe.t_hvp_first * s, probe.t_hvp * s)
+    s, sh = probe.scale(k.batch_size), probe.hvp_scale(k.batch_size)
+    # a first product on a batch builds its gradient graph (scales like a gradient), then multiplies
+    fwd, grad, hvp = probe.t_forward * s, probe.t_grad * s, probe.t_hvp * sh
+    hvp1 = (probe.t_hvp_first - probe.t_hvp) * s + hvp
     vec = probe.d * probe.itemsize
     base = probe.base_bytes + probe.workspace(k.batch_size)
     stages: list[StagePrediction] = []
@@ -338,25 +492,34 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
         per = k.sharpness_steps
         hv = logs * per
         sec = k.sgd_steps * grad + logs * ((1 + 2 * k.eval_batches) * fwd + hvp1 + (per - 1) * hvp)
+        sec += hv * _lanczos_step_overhead(probe)
         sec += 3 * vec / 200e6  # checkpoint and trained/ written (≈ 200 MB/s)
         add("SGD phase", sec, 2 + lanczos_vectors(probe, k.sharpness_steps, mode), hv,
             f"{k.sgd_steps} steps, batch {k.batch_size}, λ_max by {k.sharpness_steps} Lanczos steps ({mode}) at {logs} points")
     lmode = lanczos_mode(probe, k.lanczos_steps, k.lanczos_budget, k.reorth)
+    est_over = 0.0  # the estimate's non-product seconds (the re-measure spends them again)
     if k.method == "exact":
         hv = k.n_batches * probe.d
         add("SD estimate", k.n_batches * (hvp1 + probe.d * hvp), 0, hv, f"exact, {k.n_batches} dense Hessians",
             extra_bytes=2.0 * probe.d ** 2 * 8)
     elif k.method == "lyapunov":
         sec, vectors, hv = _lyapunov_cost(k, grad, hvp1, hvp, probe.d)
-        add("SD estimate", sec, vectors, hv, f"Lyapunov m = {k.lyap_m} × {k.lyap_steps} steps{_frames_note(k)}")
+        est_over = _lyapunov_overhead(probe, k)
+        add("SD estimate", sec + est_over, vectors, hv, f"Lyapunov m = {k.lyap_m} × {k.lyap_steps} steps{_frames_note(k)}")
+        stages[-1] = replace(stages[-1], parts={"products": sec, "overhead": est_over})
     else:
         hv = k.slq_runs * k.lanczos_steps
-        add("SD estimate", k.slq_runs * (hvp1 + (k.lanczos_steps - 1) * hvp),
+        est_over = _slq_overhead(probe, k.slq_runs, k.lanczos_steps)
+        over_note = f"; {_fmt_s(est_over)} of it Lanczos, density and bootstrap work" if est_over else ""
+        add("SD estimate", k.slq_runs * (hvp1 + (k.lanczos_steps - 1) * hvp) + est_over,
             lanczos_vectors(probe, k.lanczos_steps, lmode), hv,
-            f"{k.method}: {k.slq_runs} SLQ runs × {k.lanczos_steps} Lanczos steps ({lmode} reorthogonalisation)")
+            f"{k.method}: {k.slq_runs} SLQ runs × {k.lanczos_steps} Lanczos steps ({lmode} reorthogonalisation){over_note}")
+        stages[-1] = replace(stages[-1], parts={"products": stages[-1].seconds - est_over, "overhead": est_over})
     if k.lyapunov and k.method != "lyapunov":
         sec, vectors, hv = _lyapunov_cost(k, grad, hvp1, hvp, probe.d)
-        add("Lyapunov", sec, vectors, hv, f"m = {k.lyap_m} tangent vectors × {k.lyap_steps} steps{_frames_note(k)}")
+        lyap_over = _lyapunov_overhead(probe, k)
+        add("Lyapunov", sec + lyap_over, vectors, hv, f"m = {k.lyap_m} tangent vectors × {k.lyap_steps} steps{_frames_note(k)}")
+        stages[-1] = replace(stages[-1], parts={"products": sec, "overhead": lyap_over})
     # evaluation runs at its own batch size; the sliding-window perplexity's windows are counted in examples
     eval_sec = (math.ceil(k.eval_test / k.eval_batch_size) + math.ceil(k.eval_train / k.eval_batch_size)) \
         * probe.t_forward * probe.scale(k.eval_batch_size) + _window_seconds(probe, k)
@@ -365,16 +528,25 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
         extra_bytes=logits)
     if k.compress:
         hv = k.curvature_batches * (k.curvature_probes + k.curvature_pairs)
-        curv = k.curvature_batches * (hvp1 - hvp) + hv * hvp  # one graph per batch, then one backward pass per product
+        curv, per_try, svds = compression_seconds(probe, k)
         what = (f"curvature: {k.curvature_batches} batches × ({k.curvature_probes} probes + {k.curvature_pairs} "
                 f"rank costs); " if k.curvature_batches else "")
-        add("plan+compress", eval_sec + curv + 2 * vec / 200e6, 1 + (2 * k.lyap_m if k.lyapunov else 0), hv,
-            what + "plan, compress a copy, evaluate it",
-            extra_bytes=logits + (k.curvature_bytes if k.curvature_batches else 0))
+        tries = f"at most {k.max_tries} tries" if k.max_tries > 1 else "1 try"
+        svd_bytes = max((3 * o * i * 8 for o, i in k.target_shapes + k.svd_shapes), default=0)  # float64 W, U, Vᵀ
+        add("plan+compress", curv + k.max_tries * (per_try + eval_sec), 1 + (2 * k.lyap_m if k.lyapunov else 0), hv,
+            what + f"{svds} float64 SVDs; plan, compress a copy, evaluate it ({tries})",
+            extra_bytes=logits + svd_bytes + (k.curvature_bytes if k.curvature_batches else 0))
+        stages[-1] = replace(stages[-1], svds=svds, parts={"curvature": curv, "compress": k.max_tries * per_try,
+                                                           "evaluate": k.max_tries * eval_sec})
         if k.remeasure:
             est = stages[1] if k.sgd_steps > 0 else stages[0]
-            add("re-measure SD", est.seconds + vec / 200e6, 1 + (est.peak_bytes - base) / vec, est.hvps,
-                "same estimator on the compressed model")
+            products = (est.seconds - est_over) * k.remeasure_fraction
+            note = ("same estimator on the compressed model; dense product costs (the planned size is not known "
+                    "before planning): an upper bound, re-probed before the stage" if k.remeasure_fraction >= 1 else
+                    f"same estimator on the compressed model; products at {k.remeasure_fraction:.2f} of the dense "
+                    "cost (planned size), re-probed before the stage")
+            add("re-measure SD", products + est_over + vec / 200e6, 1 + (est.peak_bytes - base) / vec, est.hvps, note)
+            stages[-1] = replace(stages[-1], parts={"products": products, "overhead": est_over})
     return tuple(stages)
 
 
@@ -390,9 +562,21 @@ def _lyapunov_cost(k: "Knobs", grad: float, hvp1: float, hvp: float, d: int) -> 
     return sec, 6 * per_step + 2, k.lyap_steps * per_step + warm
 
 
+def _lyapunov_overhead(probe: Probe, k: Knobs) -> float:
+    """The Lyapunov stage's non-product seconds: per step the frames' QR and bookkeeping (timed
+    at the probe's m and frames, scaled linearly in m × frames), and the warm start's Lanczos steps."""
+    o = probe.overhead
+    if "lyap_step" not in o:
+        return 0.0
+    timed = max(o.get("lyap_m", k.lyap_m) * o.get("lyap_frames", k.lyap_frames), 1.0)
+    per_step = o["lyap_step"] * k.lyap_m * k.lyap_frames / timed
+    return k.lyap_steps * per_step + min(probe.d, k.lyap_warm) * _lanczos_step_overhead(probe)
+
+
 def _frames_note(k: "Knobs") -> str:
     return " (two frames: convergence test)" if k.lyap_frames > 1 else ""
 
 
-__all__ = ["GiB", "Knobs", "Probe", "StagePrediction", "lanczos_mode", "lanczos_vectors", "memory_in_use", "predict", "probe_costs"]
+__all__ = ["GiB", "Knobs", "Probe", "StagePrediction", "compression_seconds", "lanczos_mode", "lanczos_vectors", "memory_in_use",
+           "predict", "probe_costs", "rebuild_seconds", "shape_key", "svd_seconds", "useful_rank"]
 

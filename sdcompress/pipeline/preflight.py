@@ -13,14 +13,31 @@ Cost model (every stage as a count of measured unit costs; ``n`` examples per ba
 - ``t_fwd(n)``, ``t_grad(n)``: one forward pass, one gradient of the minibatch loss;
 - ``t_hvp1(n)``: the first product on a new minibatch (builds the gradient graph),
   ``t_hvp(n)``: each further product on the same minibatch (one more backward pass).
-  Times at other batch sizes scale with a straight line through two gradient timings.
+  Forward passes, gradients and graph builds scale with a straight line through two
+  gradient timings; products with their own line through two product timings (they grow
+  faster with the batch: the double-backward graph holds more per example).
 - SGD phase of a non-built-in (S steps, logged every ``log_every``): S·t_grad plus, per
   logged step, (1 + 2·eval_batches)·t_fwd and a sharpness Lanczos run
   t_hvp1 + sharpness_steps·t_hvp.
-- density estimate (ps/kde/slq, R runs × L steps): R·(t_hvp1 + (L − 1)·t_hvp);
-  Lyapunov (m vectors, T steps): T·(t_grad + t_hvp1 + (m − 1)·t_hvp).
+- density estimate (ps/kde/slq, R runs × L steps): R·(t_hvp1 + (L − 1)·t_hvp) plus its
+  non-product work (Lanczos bookkeeping and reorthogonalisation, the per-block weights,
+  the density grid, the pseudo-spectrum and the bootstrap), timed by running the same
+  SLQ and density code on a free diagonal operator at two sizes ≤ d and extrapolating
+  linearly in d; Lyapunov (m vectors, T steps): T·(t_grad + t_hvp1 + (m − 1)·t_hvp) plus
+  the frames' QR and bookkeeping per step, timed the same way
+  (:mod:`~sdcompress.pipeline.subprobes`).
 - evaluation: forwards over the capped test and train subsets (and the sliding-window
-  perplexity), before and after compressing; the re-measure costs what the estimate did.
+  perplexity), before and after compressing.
+- plan and compress: the per-module curvature (an SVD of every target weight and its
+  truncation at every grid rank, then per batch a gradient graph, the Hutchinson probes
+  and one single-module backward pass per (module, rank), each timed on the real weights
+  and batch), then per try (1, or at most ``plan.max_tries`` in the closed loop) an SVD of
+  every factorised module (timed once per distinct shape), a model copy and the
+  evaluation of the compressed copy.
+- re-measure: the estimate's products scaled by the planned share of the parameters left
+  (a hand-set rank or a params budget; otherwise the dense cost, an upper bound) plus the
+  same non-product work. Just before that stage runs, :func:`remeasure_prediction`
+  probes the compressed model (a gradient and a product) and logs an updated prediction.
 
 Memory: the resident size when the pre-flight starts, plus the measured workspace of one
 product (gradient graph and activations), plus the d-vectors each stage keeps (Lanczos
@@ -59,7 +76,9 @@ from sdcompress.pipeline.costs import (
     memory_in_use,
     predict,
     probe_costs,
+    useful_rank,
 )
+from sdcompress.pipeline.subprobes import probe_compression, probe_overheads
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +192,8 @@ class PreflightResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreflightResult":
         probe = data["probe"]
-        probe = Probe(**{**probe, "grad_sizes": tuple(probe["grad_sizes"]), "grad_times": tuple(probe["grad_times"])})
+        probe = Probe(**{**probe, **{k: tuple(probe[k]) for k in ("grad_sizes", "grad_times", "hvp_sizes", "hvp_times")
+                                     if k in probe}})
         return cls(probe=probe, settings=dict(data["settings"]),
                    stages=tuple(StagePrediction(**s) for s in data["stages"]), time_budget_s=data["time_budget_s"],
                    memory_budget_bytes=data["memory_budget_bytes"], choices=tuple(data["choices"]), fits=data["fits"])
@@ -395,9 +415,15 @@ def _vocab_and_block(trained: Any) -> tuple[int, int]:
     return vocab, block
 
 
-def _curvature(cfg: Any, trained: Any) -> tuple[int, int, int]:
+def _targets(cfg: Any, trained: Any) -> list[Any]:
+    from sdcompress.plan import describe_modules
+
+    return describe_modules(trained.loaded.model, cfg.plan.targets, cfg.plan.ignore)
+
+
+def _curvature(cfg: Any, trained: Any, modules: list[Any] | None = None) -> tuple[int, int, int]:
     """Batches, (module, rank) pairs and kept bytes of the planner's per-module curvature."""
-    from sdcompress.plan import CURVATURE_STRATEGIES, describe_modules
+    from sdcompress.plan import CURVATURE_STRATEGIES
     from sdcompress.plan.curvature import rank_grid
 
     p = cfg.plan
@@ -405,13 +431,44 @@ def _curvature(cfg: Any, trained: Any) -> tuple[int, int, int]:
         return 0, 0, 0
     pairs = kept = 0
     itemsize = next(trained.loaded.model.parameters()).element_size()
-    for m in describe_modules(trained.loaded.model, p.targets, p.ignore):
+    for m in _targets(cfg, trained) if modules is None else modules:
         o, i = m.out_features, m.in_features
-        useful = max(1, max((k for k in range(1, min(o, i) + 1) if k * (o + i) < o * i), default=1))
-        n = len(rank_grid(useful))
+        n = len(rank_grid(useful_rank(o, i)))
         pairs += n
         kept += n * o * i * itemsize
     return p.curvature_batches, pairs, kept
+
+
+def factorised_shapes(plan_cfg: Any, modules: list[Any]) -> tuple[tuple[int, int], ...]:
+    """``(out, in)`` of the modules ``compress_`` will factorise by SVD (at most: a plan may keep
+    a module dense where a factorisation would not be smaller)."""
+    if plan_cfg.strategy in ("magnitude", "uniform-bits") or plan_cfg.rank_mode == "off":
+        return ()
+    shapes = [(m.out_features, m.in_features) for m in modules]
+    if plan_cfg.rank_mode == "manual":
+        k = int(plan_cfg.target_rank)
+        if plan_cfg.strategy == "uniform-rank":
+            return tuple((o, i) for o, i in shapes if k * (o + i) < o * i)
+        return tuple((o, i) for o, i in shapes if k <= min(o, i))
+    return tuple(shapes)
+
+
+def planned_fraction(plan_cfg: Any, modules: list[Any], d: int) -> float:
+    """The share of the d parameters left after compressing, as far as the settings say before
+    planning: a hand-set rank or a params budget; 1 when SD decides (unknown until planned)."""
+    total = sum(m.out_features * m.in_features for m in modules)
+    if d <= 0 or total == 0:
+        return 1.0
+    if plan_cfg.rank_mode == "manual":
+        k = int(plan_cfg.target_rank)
+        after = sum(min(k * (m.out_features + m.in_features), m.out_features * m.in_features)
+                    if (m.out_features, m.in_features) in set(factorised_shapes(plan_cfg, [m])) else
+                    m.out_features * m.in_features for m in modules)
+    elif "params_fraction" in (plan_cfg.budget or {}):
+        after = plan_cfg.budget["params_fraction"] * total
+    else:
+        return 1.0
+    return float(min(max((d - total + after) / d, 0.0), 1.0))
 
 
 def knobs_for(cfg: Any, trained: Any, *, lyapunov: bool) -> Knobs:
@@ -424,8 +481,13 @@ def knobs_for(cfg: Any, trained: Any, *, lyapunov: bool) -> Knobs:
     if getattr(ev, "sliding_window", False) and block and trained.loaded.task == "lm":
         ctx = getattr(ev, "context_length", None) or block
         stride = getattr(ev, "stride", None) or max(1, ctx // 2)
-    curv_batches, pairs, curv_bytes = _curvature(cfg, trained)
+    modules = _targets(cfg, trained)
+    curv_batches, pairs, curv_bytes = _curvature(cfg, trained, modules)
+    d = sum(p.numel() for p in trained.loaded.model.parameters() if p.requires_grad)
     return Knobs(
+        target_shapes=tuple((m.out_features, m.in_features) for m in modules),
+        svd_shapes=factorised_shapes(cfg.plan, modules), max_tries=cfg.plan.max_tries if cfg.plan.tolerance is not None else 1,
+        remeasure_fraction=planned_fraction(cfg.plan, modules, d),
         curvature_batches=curv_batches, curvature_probes=cfg.plan.curvature_probes, curvature_pairs=pairs,
         curvature_bytes=curv_bytes, reorth=e.reorth, lanczos_budget=e.memory_budget,
         batch_size=cfg.data.batch_size, sgd_steps=tr.steps if trained.pending else 0, log_every=tr.log_every,
@@ -512,6 +574,7 @@ def run_preflight(cfg: Any, trained: Any, folder: Path | None, device: torch.dev
     from sdcompress.models import BUILTIN_MODELS
 
     knobs = knobs_for(cfg, trained, lyapunov=lyapunov)
+    probe = _subprobes(probe, cfg, trained.loaded, batch, knobs)
     budget_left = None if budget_t is None else max(budget_t - probe.wall_time_s, 0.0)  # the probe spent some
     k, stages, choices, fits = pick_settings(probe, knobs, time_budget_s=budget_left, memory_budget_bytes=budget_m,
                                              adjust=pcfg.adjust, builtin=cfg.model.name in BUILTIN_MODELS)
@@ -524,8 +587,89 @@ def run_preflight(cfg: Any, trained: Any, folder: Path | None, device: torch.dev
     return apply_settings(cfg, result.settings), result
 
 
+def _numeric_lr(cfg: Any) -> float:
+    """η for the overhead probe's density grid (its cost does not depend on η; ``auto`` is
+    resolved only after the SGD phase, so a stand-in is used then)."""
+    lr = cfg.train.lr
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 else 0.1
+
+
+def _block_sizes(loaded: Any, params: Any) -> tuple[int, ...]:
+    from sdcompress.models.functional import FunctionalLoss
+
+    return tuple(FunctionalLoss(loaded.model, params, None).layout.sizes)
+
+
+def _subprobes(probe: Probe, cfg: Any, loaded: Any, batch: Any, knobs: Knobs) -> Probe:
+    """The compression stage's and the estimators' smaller probes (:mod:`~sdcompress.pipeline.subprobes`)."""
+    import torch.nn.functional as F
+
+    params = getattr(cfg.estimate, "params", None)
+    if knobs.compress:
+        from sdcompress.plan import describe_modules
+
+        modules = describe_modules(loaded.model, cfg.plan.targets, cfg.plan.ignore)
+        probe = probe_compression(probe, loaded.model, batch, modules, loss_fn=loaded.loss_fn or F.cross_entropy,
+                                  curvature=knobs.curvature_batches > 0)
+    return probe_overheads(probe, knobs, _block_sizes(loaded, params), cfg.estimate, lr=_numeric_lr(cfg),
+                           weight_decay=float(getattr(cfg.train, "weight_decay", 0.0) or 0.0))
+
+
+def estimate_knobs(cfg: Any) -> Knobs:
+    """The cost model's view of the estimate alone (what the re-measure runs again)."""
+    e = cfg.estimate
+    return Knobs(
+        batch_size=cfg.data.batch_size, sgd_steps=0, log_every=1, sharpness_steps=cfg.train.sharpness_steps,
+        eval_batches=0, method=e.method, slq_runs=e.slq_runs, lanczos_steps=e.lanczos_steps, n_batches=e.n_batches,
+        lyapunov=False, lyap_m=e.lyapunov_exponents, lyap_steps=e.lyapunov_steps, eval_test=0, eval_train=0,
+        eval_test_cap=None, eval_train_cap=None, eval_batch_size=1, remeasure=False, compress=False, reorth=e.reorth,
+        lanczos_budget=e.memory_budget, lyap_frames=1 if e.lyapunov_tol is None else 2,
+        lyap_warm=2 * e.lyapunov_exponents + 20 if e.lyapunov_warm_start == "jacobian" else 0,
+    )
+
+
+#: the attribute of the log record that carries the re-measure's updated prediction
+REMEASURE_RECORD = "sdcompress_remeasure"
+
+
+def remeasure_prediction(cfg: Any, loaded: Any, stream: BatchStream, *, lr: float,
+                         weight_decay: float = 0.0) -> StagePrediction | None:
+    """Re-probe the compressed model (one gradient, one product, the estimator's overhead at its
+    d) just before the SD re-measure, and log the updated prediction of that stage.
+
+    The first table's re-measure row can only assume the dense products (the plan's size is
+    not known before planning); this one measures the model the estimator will run on.
+
+    Args:
+        cfg: the resolved run config (with the pre-flight's picks applied).
+        loaded: the compressed model and its loss.
+        stream: the estimate's batch stream (batch 0 is probed).
+        lr, weight_decay: the η and wd the re-measure uses.
+
+    Returns:
+        The prediction (``None`` when the pre-flight is disabled). Also logged at INFO, with
+        the prediction and the probe's own seconds on the record's ``sdcompress_remeasure``.
+    """
+    pcfg = getattr(cfg, "preflight", None) or PreflightConfig()
+    if not pcfg.enabled:
+        return None
+    device = next(loaded.model.parameters()).device
+    params = getattr(cfg.estimate, "params", None)
+    probe = probe_costs(loaded, move_batch(stream.batch(0), device), params=params)
+    k = estimate_knobs(cfg)
+    probe = probe_overheads(probe, k, _block_sizes(loaded, params), cfg.estimate, lr=lr, weight_decay=weight_decay)
+    est = predict(probe, k)[0]
+    stage = replace(est, name="re-measure SD", detail=f"re-probed on the compressed model (d = {probe.d:,}): {est.detail}")
+    logger.info("pre-flight, re-measure on the compressed model (d = %s): one gradient %.3g s, one product %.3g s; "
+                "predicted %s, %s", f"{probe.d:,}", probe.t_grad, probe.t_hvp, _fmt_s(stage.seconds), _fmt_b(stage.peak_bytes),
+                extra={REMEASURE_RECORD: {"stage": asdict(stage), "probe_wall_time_s": probe.wall_time_s,
+                                          "probe": asdict(probe)}})
+    return stage
+
+
 __all__ = [
     "DEFAULT_CPU_MEMORY_GB", "DEFAULT_TIME_BUDGET_S", "Knobs", "PREFLIGHT_FILE", "PreflightConfig", "PreflightError",
-    "PreflightResult", "Probe", "StagePrediction", "apply_settings", "default_memory_budget", "knobs_for", "lanczos_vectors", "memory_in_use", "pick_settings",
+    "PreflightResult", "Probe", "REMEASURE_RECORD", "StagePrediction", "apply_settings", "estimate_knobs",
+    "factorised_shapes", "planned_fraction", "remeasure_prediction", "default_memory_budget", "knobs_for", "lanczos_vectors", "memory_in_use", "pick_settings",
     "predict", "probe_costs", "refusal", "run_preflight", "settings_of",
 ]

@@ -372,6 +372,10 @@ def stage_compress_final(cfg: RunConfig, folder: Path, loaded: LoadedModel, data
             c_loaded = replace(loaded, model=c_loaded.model.to(next(loaded.model.parameters()).device))
         else:
             c_loaded = compressed[0]
+        # pre-flight: re-probe the compressed model (a gradient and a product) and log the re-measure's prediction
+        from sdcompress.pipeline.preflight import remeasure_prediction
+
+        remeasure_prediction(cfg, c_loaded, stream, lr=est.lr, weight_decay=est.weight_decay)
         logger.info("re-measuring SD on the compressed model (same batches ω, η = %g)", est.lr)
         sd_after = measure_sd(c_loaded, stream, lr=est.lr, weight_decay=est.weight_decay, estimate_config=cfg.estimate,
                               method=est.method, params=_params(cfg))
