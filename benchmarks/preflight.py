@@ -9,12 +9,19 @@ memory. The pre-flight's per-stage predictions are summed to the same stages:
     [1/5] model and training   ↔ SGD phase (the measured time excludes the probe itself)
     [2/5] estimate             ↔ SD estimate + Lyapunov + evaluate (before)
     [3/5] plan and compress    ↔ plan+compress (curvature, compression, evaluation)
-    [4/5] save and re-measure  ↔ re-measure SD
+    [4/5] save and re-measure  ↔ re-measure SD (the measured time excludes the re-probe)
+
+Finer rows split stage 3 at its log lines (the plan's summary: curvature and planning
+done; ``compressed N modules``: the copy compressed; then its evaluation) against the
+prediction's ``parts``, and compare the re-measure's updated prediction (logged by the
+re-probe of the compressed model just before it runs) with the time from that log line
+to the ``[5/5]`` line.
 
 Writes ``results/bench/preflight.json`` (every number) and ``preflight.md`` (the table),
 with the machine load (``os.getloadavg``) next to the timings. Run::
 
     nice -n 10 python benchmarks/preflight.py          # both cases
+    nice -n 10 python benchmarks/preflight.py --repeats 3  # and the run-to-run spread
     python benchmarks/preflight.py --quick --out /tmp/pf # smaller, for a smoke check
 """
 
@@ -157,8 +164,9 @@ def markdown(records: list[dict[str, Any]]) -> str:
              "Made by `python benchmarks/preflight.py` (one CPU thread per torch op pool as set; the machine is shared, "
              "so the load average is given with each case). Predicted times come from one gradient and one "
              "Hessian-vector product timed on the real batch; a stage's measured time is its wall clock between the "
-             "pipeline's `[k/5]` log lines (stage 1 without the probe itself). Memory: peak resident set size.", ""]
-    for r in records:
+             "pipeline's `[k/5]` log lines (stage 1 without the probe itself). Memory: peak resident set size. "
+             "The first run of each case is shown in full; the ratios of every run follow at the end.", ""]
+    for r in [r for r in records if r.get("repeat", 0) == 0]:
         p = r["probe"]
         lines += [f"## {r['case']}", "", f"`{r['command']}`", "",
                   f"d = {p['d']:,}; one gradient {p['t_grad'] * 1e3:.1f} ms, one product {p['t_hvp'] * 1e3:.1f} ms "
@@ -185,6 +193,21 @@ def markdown(records: list[dict[str, Any]]) -> str:
                              f"one product {q['t_hvp'] * 1e3:.1f} ms at {q['n_small']} examples "
                              f"(took {rp['reprobe_wall_time_s']:.2f} s, excluded from the stage-4 row above).")
         lines.append("")
+    if any(r.get("repeat", 0) > 0 for r in records):
+        lines += ["## predicted / measured in every run", ""]
+        for case in dict.fromkeys(r["case"] for r in records):
+            runs = [r for r in records if r["case"] == case]
+            lines += [f"{case}:", "", "| stage | " + " | ".join(f"run {r['repeat'] + 1}" for r in runs) + " |",
+                      "|---|" + "---:|" * len(runs)]
+            for j, row in enumerate(runs[0]["stages"] + runs[0].get("parts", [])):
+                cells = []
+                for r in runs:
+                    rows = r["stages"] + r.get("parts", [])
+                    x = rows[j]["ratio"] if j < len(rows) else None
+                    cells.append("n/a" if x is None else f"{x:.2f}")
+                lines.append(f"| {row['stage'][:60]} | " + " | ".join(cells) + " |")
+            loads = ", ".join(f"{r['load_before'][0]:.1f}–{r['load_after'][0]:.1f}" for r in runs)
+            lines += ["", f"Load average before–after each run: {loads}.", ""]
     return "\n".join(lines)
 
 
@@ -193,11 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke check)")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"), help="where preflight.{json,md} go")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=1, help="run every case this many times (the spread)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="preflight-bench-"))
-    records = [run_case(c, work / f"run{i}") for i, c in enumerate(cases(args.quick, work))]
+    records = []
+    for rep in range(args.repeats):  # the cases in turn, so that repeats see the machine at different moments
+        for i, c in enumerate(cases(args.quick, work)):
+            records.append({**run_case(c, work / f"run{i}"), "repeat": rep})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "preflight.json", {"records": records})

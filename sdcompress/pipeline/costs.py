@@ -45,6 +45,9 @@ class Probe:
         hvp_sizes, hvp_times: product timings at ``n_small`` and a larger batch: products
             grow faster with the batch than gradients (a double-backward graph over the
             activations), so they scale along their own line.
+        eval_n, t_forward_eval: a forward pass at the evaluation's batch size (the real
+            batch repeated to that size; fewer examples where its logits would take more
+            than 256 MiB, scaled linearly), since no line through small batches reaches it.
     """
 
     device: str
@@ -71,6 +74,8 @@ class Probe:
     overhead: dict[str, float] = field(default_factory=dict)  # the estimators' non-product seconds and their settings
     hvp_sizes: tuple[int, ...] = ()  # product timings at one or two batch sizes (the products' own scaling line)
     hvp_times: tuple[float, ...] = ()
+    eval_n: int = 0  # examples of the evaluation's forward pass timed (0: not timed)
+    t_forward_eval: float = 0.0  # one no-grad forward pass at eval_n examples
 
     def workspace(self, n: int) -> float:
         """Peak extra memory of a product at ``n`` examples: the measured one at ``n_small`` plus
@@ -200,7 +205,20 @@ def _head(batch: Batch, n: int) -> Batch:
     return tuple(t[:n] for t in batch)  # type: ignore[return-value]
 
 
-def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_small: int | None = None) -> Probe:
+def _repeat(batch: Batch, n: int) -> Batch:
+    """``batch`` repeated along its first axis to ``n`` examples (a forward pass's cost depends on shapes only)."""
+    reps = -(-n // batch_size_of(batch))
+
+    def rep(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat((reps,) + (1,) * (t.ndim - 1))[:n]
+
+    if isinstance(batch, dict):
+        return {k: rep(v) for k, v in batch.items()}
+    return tuple(rep(t) for t in batch)  # type: ignore[return-value]
+
+
+def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_small: int | None = None,
+                eval_batch_size: int | None = None) -> Probe:
     """Time a forward pass, a gradient and Hessian-vector products on ``batch``.
 
     Products and the forward pass are timed on the first ``n_small`` examples (default:
@@ -213,6 +231,8 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
         batch: the real minibatch (on the model's device).
         params: parameter patterns the estimates run over (``None``: all trainable).
         n_small: examples the products are timed on.
+        eval_batch_size: also time a no-grad forward pass at this many examples (the
+            evaluation's batch; ``None``: not timed).
 
     Returns:
         The :class:`Probe`.
@@ -274,7 +294,16 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
         hvp_sizes.append(sizes[1])
         hvp_times.append(_timed(lambda: op.matvec(v), device, max_reps=2 if t_hvp * sizes[1] / n_small > 1.0 else 5))
         del op
+    t_fwd_eval = 0.0
+    if eval_batch_size:
+        big = _repeat(batch, eval_batch_size)
+        with torch.no_grad():
+            if t_fwd < 0.5:
+                floss(w, big)  # warm-up at this size
+            t_fwd_eval = _timed(lambda: floss(w, big), device, max_reps=3)
+        del big
     return Probe(
+        eval_n=int(eval_batch_size or 0), t_forward_eval=t_fwd_eval,
         device=str(device), d=int(floss.d), itemsize=int(itemsize), n_small=n_small, t_forward=t_fwd, t_grad=t_grad,
         t_hvp_first=float(min(firsts)), t_hvp=t_hvp, grad_sizes=tuple(sizes), grad_times=tuple(times),
         base_bytes=int(base), hvp_bytes=int(max(peak.peak - base, 0)), threads=torch.get_num_threads(),
@@ -521,8 +550,12 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
         add("Lyapunov", sec + lyap_over, vectors, hv, f"m = {k.lyap_m} tangent vectors × {k.lyap_steps} steps{_frames_note(k)}")
         stages[-1] = replace(stages[-1], parts={"products": sec, "overhead": lyap_over})
     # evaluation runs at its own batch size; the sliding-window perplexity's windows are counted in examples
+    if probe.eval_n and probe.t_forward_eval > 0:  # timed at (up to) the evaluation's batch; linear in examples there
+        per_batch = probe.t_forward_eval * k.eval_batch_size / probe.eval_n
+    else:
+        per_batch = probe.t_forward * probe.scale(k.eval_batch_size)
     eval_sec = (math.ceil(k.eval_test / k.eval_batch_size) + math.ceil(k.eval_train / k.eval_batch_size)) \
-        * probe.t_forward * probe.scale(k.eval_batch_size) + _window_seconds(probe, k)
+        * per_batch + _window_seconds(probe, k)
     logits = 3.0 * k.eval_batch_size * k.lm_tokens_per_example * k.vocab * 4
     add("evaluate", eval_sec, 0, 0, f"{k.eval_test} test + {k.eval_train} train examples, batch {k.eval_batch_size}",
         extra_bytes=logits)

@@ -568,7 +568,11 @@ def run_preflight(cfg: Any, trained: Any, folder: Path | None, device: torch.dev
     stream = BatchStream(trained.data.train, cfg.data.batch_size, seed=cfg.data.seed, replacement=cfg.data.replacement)
     batch = move_batch(stream.batch(0), device)
     params = getattr(cfg.estimate, "params", None)
-    probe = probe_costs(trained.loaded, batch, params=params)
+    vocab, block = _vocab_and_block(trained)
+    eval_n = cfg.evaluate.batch_size  # the probe's evaluation forward: its logits under 256 MiB
+    while eval_n > 1 and 3 * eval_n * block * vocab * 4 > 256 * 2 ** 20:
+        eval_n //= 2
+    probe = probe_costs(trained.loaded, batch, params=params, eval_batch_size=eval_n)
     budget_t = pcfg.time_budget_s
     budget_m = int(pcfg.memory_budget_gb * GiB) if pcfg.memory_budget_gb is not None else default_memory_budget(device)
     from sdcompress.models import BUILTIN_MODELS
