@@ -11,9 +11,9 @@ memory. The pre-flight's per-stage predictions are summed to the same stages:
     [3/5] plan and compress    ↔ plan+compress (curvature, compression, evaluation)
     [4/5] save and re-measure  ↔ re-measure SD (the measured time excludes the re-probe)
 
-Finer rows split stage 3 at its log lines (the plan's summary: curvature and planning
-done; ``compressed N modules``: the copy compressed; then its evaluation) against the
-prediction's ``parts``, and compare the re-measure's updated prediction (logged by the
+Finer rows split stage 2 at its log lines (SD estimate, Lyapunov, evaluation) and stage 3
+(the plan's summary: curvature and planning done; ``compressed N modules``: the copy
+compressed; then its evaluation) against the predictions and their ``parts``, and compare the re-measure's updated prediction (logged by the
 re-probe of the compressed model just before it runs) with the time from that log line
 to the ``[5/5]`` line.
 
@@ -60,7 +60,13 @@ class Marks(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         now, msg = time.perf_counter(), record.getMessage()
-        if msg.startswith("[3/5]"):
+        if msg.startswith("[2/5]"):
+            self.t["stage2"] = now
+        elif msg.startswith("tracking the dominant Lyapunov"):
+            self.t["lyapunov"] = now
+        elif msg.startswith("the Lyapunov subspace"):
+            self.t["lyapunov_done"] = now
+        elif msg.startswith("[3/5]"):
             self.t["stage3"] = now
         elif msg.startswith("[4/5]"):
             self.t["stage4"] = now
@@ -135,7 +141,14 @@ def run_case(case: dict[str, Any], out: Path) -> dict[str, Any]:
                       "predicted_hvps": sum(stages[n]["hvps"] for n in names),
                       "predicted_svds": sum(stages[n].get("svds", 0) for n in names)})
     t = marks.t
-    parts = []  # stage 3 split by its log lines, and the re-probed re-measure
+    parts = []  # stages 2 and 3 split by their log lines, and the re-probed re-measure
+    for name, a, b in (("SD estimate", "stage2", "lyapunov"), ("Lyapunov", "lyapunov", "lyapunov_done"),
+                       ("evaluate", "lyapunov_done", "stage3")):
+        if a in t and b in t and name in stages:
+            predicted, measured = stages[name]["seconds"], t[b] - t[a]
+            parts.append({"stage": f"[2/5] {name}", "predicted_s": predicted, "measured_s": measured,
+                          "ratio": predicted / measured if measured > 0 else None,
+                          "predicted_parts": stages[name].get("parts", {})})
     pc = stages.get("plan+compress", {}).get("parts", {})
     for name, a, b in (("curvature and plan", "stage3", "planned"), ("compress a copy", "planned", "compressed"),
                        ("evaluate the copy", "compressed", "stage4")):

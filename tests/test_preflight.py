@@ -103,6 +103,8 @@ def test_predicted_products_and_time_match_a_real_estimate():
     stream = BatchStream(data.train, 16, seed=0)
     probe = probe_costs(loaded, move_batch(stream.batch(0), "cpu"))
     assert probe.d == sum(p.numel() for p in loaded.model.parameters()) and probe.t_hvp > 0 and probe.hvp_bytes >= 0
+    assert probe.hvp_sizes == probe.grad_sizes == (2, 16) and probe.hvp_times[1] > 0  # the products' own line
+    assert probe.eval_n == 0 and probe.hvp_scale(2) == 1.0
     k = gpt2_like_knobs(batch_size=16, sgd_steps=0, slq_runs=4, lanczos_steps=12, lyapunov=False, eval_test=0, eval_train=0,
                         eval_batch_size=16, compress=False)
     pred = {s.name: s for s in predict(probe, k)}["SD estimate"]
@@ -112,6 +114,23 @@ def test_predicted_products_and_time_match_a_real_estimate():
     assert est.n_hvp == pred.hvps == 48
     ratio = pred.seconds / measured
     assert 0.3 < ratio < 3.5, (pred.seconds, measured)  # generous under a shared machine's load; see results/bench
+
+
+def test_slow_model_times_one_product_on_the_larger_batch(monkeypatch):
+    """A model whose larger-batch product would be slow gets one timed product there (its graph
+    build subtracted), and the evaluation's forward pass is timed at the size asked for."""
+    import sdcompress.pipeline.costs as costs
+
+    monkeypatch.setattr(costs, "SLOW_PRODUCT_S", 0.0)
+    loaded = load_model("tiny-gpt2", seed=0, block_size=16, n_embd=16, n_layer=1, n_head=2)
+    data = load_data("pydoc", block_size=16)
+    probe = probe_costs(loaded, BatchStream(data.train, 8, seed=0).batch(0), eval_batch_size=24)
+    assert probe.hvp_sizes == (2, 8) and probe.hvp_times[1] >= probe.t_hvp > 0
+    assert probe.eval_n == 24 and probe.t_forward_eval > 0
+    k = gpt2_like_knobs(batch_size=8, sgd_steps=0, lyapunov=False, eval_test=48, eval_train=0, eval_batch_size=12,
+                        compress=False, lm_tokens_per_example=0, vocab=0)
+    ev = {s.name: s for s in predict(probe, k)}["evaluate"]
+    assert ev.seconds == pytest.approx(4 * probe.t_forward_eval * 12 / 24)  # 4 batches, linear below the timed size
 
 
 def small_config(out, **kw) -> RunConfig:

@@ -673,7 +673,7 @@ def remeasure_prediction(cfg: Any, loaded: Any, stream: BatchStream, *, lr: floa
 
 __all__ = [
     "DEFAULT_CPU_MEMORY_GB", "DEFAULT_TIME_BUDGET_S", "Knobs", "PREFLIGHT_FILE", "PreflightConfig", "PreflightError",
-    "PreflightResult", "Probe", "REMEASURE_RECORD", "StagePrediction", "apply_settings", "estimate_knobs",
-    "factorised_shapes", "planned_fraction", "remeasure_prediction", "default_memory_budget", "knobs_for", "lanczos_vectors", "memory_in_use", "pick_settings",
-    "predict", "probe_costs", "refusal", "run_preflight", "settings_of",
+    "PreflightResult", "Probe", "REMEASURE_RECORD", "StagePrediction", "apply_settings", "default_memory_budget",
+    "estimate_knobs", "factorised_shapes", "knobs_for", "lanczos_vectors", "memory_in_use", "pick_settings",
+    "planned_fraction", "predict", "probe_costs", "refusal", "remeasure_prediction", "run_preflight", "settings_of",
 ]
