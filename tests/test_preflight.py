@@ -62,6 +62,10 @@ def test_cost_model_by_hand():
     lean = {s.name: s for s in predict(p, replace(k, lanczos_budget=5 * vec, sharpness_budget=5 * vec))}
     assert lean["SD estimate"].peak_bytes == p.base_bytes + p.hvp_bytes + 2 * vec  # O(d): the recurrence alone
     assert lean["SGD phase"].hvps == 3 * 4 and lean["SGD phase"].peak_bytes < sgd.peak_bytes  # O(d) λ_max run
+    # a timed batched product: a Lyapunov step is the gradient, the graph, and m vectors at the batched per-vector cost
+    pb = replace(p, hvp_sizes=(2, 8), hvp_times=(10.0, 10.0), block_n=2, t_hvp_block=12.0)
+    ly = {s.name: s for s in predict(pb, k)}["Lyapunov"]
+    assert ly.hvps == 8 and ly.seconds == pytest.approx(4 * (5.0 + (14.0 - 10.0) + 2 * 12.0 / 2))
 
 
 def test_picks_fit_the_budgets_and_never_raise_a_setting():
@@ -293,7 +297,8 @@ def test_overhead_term_brings_a_small_model_within_bounds():
     e = EstimateConfig(method="ps", slq_runs=6, lanczos_steps=20, n_bootstrap=200)
     cfg = RunConfig(model=ModelConfig("mlp"), data=DataConfig(batch_size=32), estimate=e)
     k = estimate_knobs(cfg)
-    probe = probe_costs(loaded, move_batch(stream.batch(0), "cpu"))
+    probe = probe_costs(loaded, move_batch(stream.batch(0), "cpu"), block=12)
+    assert probe.block_n == 12 and probe.t_hvp_block > 0  # a cheap model: the Lyapunov frame's batched product
     sizes = [p.numel() for p in loaded.model.parameters()]
     probe = probe_overheads(probe, k, sizes, e, lr=0.1)
     pred = predict(probe, k)[0]

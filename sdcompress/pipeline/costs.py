@@ -47,6 +47,9 @@ class Probe:
         hvp_sizes, hvp_times: product timings at ``n_small`` and a larger batch: products
             grow faster with the batch than gradients (a double-backward graph over the
             activations), so they scale along their own line.
+        block_n, t_hvp_block: one batched product of ``block_n`` vectors on the larger batch (a
+            Lyapunov step multiplies its whole frame in one vmapped call, which on a small model
+            costs far less per vector than single products); timed for a cheap model only.
         eval_n, t_forward_eval: a forward pass at the evaluation's batch size (the real
             batch repeated to that size; fewer examples where its logits would take more
             than 256 MiB, scaled linearly), since no line through small batches reaches it.
@@ -77,6 +80,8 @@ class Probe:
     hvp_sizes: tuple[int, ...] = ()  # product timings at one or two batch sizes (the products' own scaling line)
     hvp_times: tuple[float, ...] = ()
     eval_n: int = 0  # examples of the evaluation's forward pass timed (0: not timed)
+    block_n: int = 0  # vectors of the batched product timed at hvp_sizes[-1] examples (0: not timed)
+    t_hvp_block: float = 0.0  # one batched (vmapped) product of block_n vectors, as a Lyapunov step takes them
     t_forward_eval: float = 0.0  # one no-grad forward pass at eval_n examples
 
     def workspace(self, n: int) -> float:
@@ -220,7 +225,7 @@ def _repeat(batch: Batch, n: int) -> Batch:
 
 
 def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_small: int | None = None,
-                eval_batch_size: int | None = None) -> Probe:
+                eval_batch_size: int | None = None, block: int | None = None) -> Probe:
     """Time a forward pass, a gradient and Hessian-vector products on ``batch``.
 
     Products and the forward pass are timed on the first ``n_small`` examples (default:
@@ -235,6 +240,8 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
         n_small: examples the products are timed on.
         eval_batch_size: also time a no-grad forward pass at this many examples (the
             evaluation's batch; ``None``: not timed).
+        block: also time one batched product of this many vectors on the larger batch (the
+            Lyapunov frame; ``None``: not timed; skipped for a slow model).
 
     Returns:
         The :class:`Probe`.
@@ -290,6 +297,7 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
         t_hvp = _timed(lambda: op.matvec(v), device)
         del op
     hvp_sizes, hvp_times = [n_small], [t_hvp]
+    t_block, block_n = 0.0, 0
     if len(sizes) > 1:  # the products' own line: products on the second batch of the gradient line
         op = HessianOperator(floss, _head(batch, sizes[1]), w)
         graph_n2 = (min(firsts) - t_hvp) * times[1] / t_grad  # the graph build, scaled like a gradient
@@ -303,6 +311,12 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
             hvp_times.append(max(first_n2 - graph_n2, t_hvp))
         else:
             hvp_times.append(_timed(lambda: op.matvec(v), device, max_reps=3 if t_hvp * sizes[1] / n_small > 1.0 else 5))
+            if block and block > 1 and hvp_times[-1] * block <= SLOW_PRODUCT_S:
+                V = torch.randn(block, floss.d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+                V = V.to(w.dtype).to(device)
+                op.matmat(V)  # warm-up of the batched path
+                t_block, block_n = _timed(lambda: op.matmat(V), device, max_reps=3), block
+                del V
         del op
     t_fwd_eval = 0.0
     if eval_batch_size:
@@ -313,7 +327,7 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
             t_fwd_eval = _timed(lambda: floss(w, big), device, max_reps=3)
         del big
     return Probe(
-        eval_n=int(eval_batch_size or 0), t_forward_eval=t_fwd_eval,
+        eval_n=int(eval_batch_size or 0), t_forward_eval=t_fwd_eval, block_n=block_n, t_hvp_block=t_block,
         device=str(device), d=int(floss.d), itemsize=int(itemsize), n_small=n_small, t_forward=t_fwd, t_grad=t_grad,
         t_hvp_first=float(min(firsts)), t_hvp=t_hvp, grad_sizes=tuple(sizes), grad_times=tuple(times),
         base_bytes=int(base), hvp_bytes=int(max(peak.peak - base, 0)), threads=torch.get_num_threads(),
@@ -542,7 +556,7 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
         add("SD estimate", k.n_batches * (hvp1 + probe.d * hvp), 0, hv, f"exact, {k.n_batches} dense Hessians",
             extra_bytes=2.0 * probe.d ** 2 * 8)
     elif k.method == "lyapunov":
-        sec, vectors, hv = _lyapunov_cost(k, grad, hvp1, hvp, probe.d)
+        sec, vectors, hv = _lyapunov_cost(k, grad, hvp1, hvp, probe.d, _lyapunov_hvp(probe, k, hvp))
         est_over = _lyapunov_overhead(probe, k)
         add("SD estimate", sec + est_over, vectors, hv, f"Lyapunov m = {k.lyap_m} × {k.lyap_steps} steps{_frames_note(k)}")
         stages[-1] = replace(stages[-1], parts={"products": sec, "overhead": est_over})
@@ -555,7 +569,7 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
             f"{k.method}: {k.slq_runs} SLQ runs × {k.lanczos_steps} Lanczos steps ({lmode} reorthogonalisation){over_note}")
         stages[-1] = replace(stages[-1], parts={"products": stages[-1].seconds - est_over, "overhead": est_over})
     if k.lyapunov and k.method != "lyapunov":
-        sec, vectors, hv = _lyapunov_cost(k, grad, hvp1, hvp, probe.d)
+        sec, vectors, hv = _lyapunov_cost(k, grad, hvp1, hvp, probe.d, _lyapunov_hvp(probe, k, hvp))
         lyap_over = _lyapunov_overhead(probe, k)
         add("Lyapunov", sec + lyap_over, vectors, hv, f"m = {k.lyap_m} tangent vectors × {k.lyap_steps} steps{_frames_note(k)}")
         stages[-1] = replace(stages[-1], parts={"products": sec, "overhead": lyap_over})
@@ -594,7 +608,17 @@ def predict(probe: Probe, k: Knobs) -> tuple[StagePrediction, ...]:
 
 
 
-def _lyapunov_cost(k: "Knobs", grad: float, hvp1: float, hvp: float, d: int) -> tuple[float, int, int]:
+def _lyapunov_hvp(probe: Probe, k: Knobs, hvp: float) -> float:
+    """Seconds per tangent-vector product of a Lyapunov step: from the batched product when it was
+    timed (the frame goes through one vmapped call), else a single product's ``hvp``."""
+    if not (probe.block_n and probe.t_hvp_block > 0 and probe.hvp_sizes):
+        return hvp
+    n_b = probe.hvp_sizes[-1]
+    return probe.t_hvp_block / probe.block_n * probe.hvp_scale(k.batch_size) / probe.hvp_scale(n_b)
+
+
+def _lyapunov_cost(k: "Knobs", grad: float, hvp1: float, hvp: float, d: int,
+                   tangent_hvp: float | None = None) -> tuple[float, int, int]:
     """Seconds, d-vectors held and products of the Lyapunov stage at its step cap: per step one
     gradient graph serves the SGD step and the products of every frame (``lyap_frames`` of m
     columns each), after the warm start's Lanczos run. The convergence test may stop it early,
@@ -602,6 +626,8 @@ def _lyapunov_cost(k: "Knobs", grad: float, hvp1: float, hvp: float, d: int) -> 
     warm = min(d, k.lyap_warm)
     per_step = k.lyap_frames * k.lyap_m
     sec = k.lyap_steps * (grad + hvp1 + (per_step - 1) * hvp) + warm * hvp
+    if tangent_hvp is not None:  # the frame's products in one batched call: the graph, then per vector
+        sec = k.lyap_steps * (grad + (hvp1 - hvp) + per_step * tangent_hvp) + warm * hvp
     return sec, 6 * per_step + 2, k.lyap_steps * per_step + warm
 
 

@@ -572,12 +572,12 @@ def run_preflight(cfg: Any, trained: Any, folder: Path | None, device: torch.dev
     eval_n = cfg.evaluate.batch_size  # the probe's evaluation forward: its logits under 256 MiB
     while eval_n > 1 and 3 * eval_n * block * vocab * 4 > 256 * 2 ** 20:
         eval_n //= 2
-    probe = probe_costs(trained.loaded, batch, params=params, eval_batch_size=eval_n)
+    knobs = knobs_for(cfg, trained, lyapunov=lyapunov)
+    probe = probe_costs(trained.loaded, batch, params=params, eval_batch_size=eval_n, block=_frame_block(knobs, cfg))
     budget_t = pcfg.time_budget_s
     budget_m = int(pcfg.memory_budget_gb * GiB) if pcfg.memory_budget_gb is not None else default_memory_budget(device)
     from sdcompress.models import BUILTIN_MODELS
 
-    knobs = knobs_for(cfg, trained, lyapunov=lyapunov)
     probe = _subprobes(probe, cfg, trained.loaded, batch, knobs)
     budget_left = None if budget_t is None else max(budget_t - probe.wall_time_s, 0.0)  # the probe spent some
     k, stages, choices, fits = pick_settings(probe, knobs, time_budget_s=budget_left, memory_budget_bytes=budget_m,
@@ -589,6 +589,14 @@ def run_preflight(cfg: Any, trained: Any, folder: Path | None, device: torch.dev
     if path is not None:
         result.save(path)
     return apply_settings(cfg, result.settings), result
+
+
+def _frame_block(k: Knobs, cfg: Any) -> int | None:
+    """Vectors a Lyapunov step multiplies in one batched call (``None``: no Lyapunov stage)."""
+    if not (k.lyapunov or k.method == "lyapunov"):
+        return None
+    chunk = getattr(cfg.estimate, "chunk_size", None) or k.lyap_frames * k.lyap_m
+    return max(1, min(k.lyap_frames * k.lyap_m, chunk))
 
 
 def _numeric_lr(cfg: Any) -> float:
@@ -659,8 +667,8 @@ def remeasure_prediction(cfg: Any, loaded: Any, stream: BatchStream, *, lr: floa
         return None
     device = next(loaded.model.parameters()).device
     params = getattr(cfg.estimate, "params", None)
-    probe = probe_costs(loaded, move_batch(stream.batch(0), device), params=params)
     k = estimate_knobs(cfg)
+    probe = probe_costs(loaded, move_batch(stream.batch(0), device), params=params, block=_frame_block(k, cfg))
     probe = probe_overheads(probe, k, _block_sizes(loaded, params), cfg.estimate, lr=lr, weight_decay=weight_decay)
     est = predict(probe, k)[0]
     stage = replace(est, name="re-measure SD", detail=f"re-probed on the compressed model (d = {probe.d:,}): {est.detail}")
