@@ -603,7 +603,7 @@ def _numeric_lr(cfg: Any) -> float:
     """η for the overhead probe's density grid (its cost does not depend on η; ``auto`` is
     resolved only after the SGD phase, so a stand-in is used then)."""
     lr = cfg.train.lr
-    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 else 0.1
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else 0.1  # validated by TrainConfig
 
 
 def _block_sizes(loaded: Any, params: Any) -> tuple[int, ...]:
