@@ -165,6 +165,9 @@ def test_rerun_resumes_without_retraining(quick, monkeypatch):
     monkeypatch.setattr(deep_mlp, "run_one", lambda *a, **k: pytest.fail("retrained a finished run"))
     again = deep_mlp.run(cfg, out)
     assert json.dumps(again["all_runs"]) == json.dumps(payload["all_runs"])
+    assert payload["n_reused"] == 0 and again["n_reused"] == again["n_runs"]
+    assert again["run_time_s"] == pytest.approx(payload["run_time_s"])  # the runs' own time survives a resume
+    assert "this invocation took" in (out / "deep_mlp_table.md").read_text()
 
 
 @pytest.mark.parametrize("override, name", [("lrs=[0.1, -0.1]", "lrs"), ("lrs=[]", "lrs"), ("batch_sizes=[0]", "batch_sizes"),

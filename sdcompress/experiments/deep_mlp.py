@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -286,23 +287,33 @@ def run(cfg: DeepMlpConfig, out_dir: Path) -> dict[str, Any]:
         if same == json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _JOB_FIELDS})):
             done = {(r["lr"], r["batch_size"], r["seed"]): r for r in old["runs"]}
     rows: list[dict[str, Any]] = []
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), _load()
     for lr, bs, seed in progress(jobs, desc="deep MLP runs"):
         row = done.get((lr, bs, seed)) or run_one(cfg, bundle, lr=lr, batch_size=bs, seed=seed)
         rows.append(row)
         write_outputs(out_dir, "deep_mlp_runs", {"config": asdict(cfg), "runs": rows}, rows)
     stats = analyse(cfg, rows)
-    payload = {"config": asdict(cfg), **stats, "wall_time_s": time.perf_counter() - start,
-               "run_time_s": sum(r["train_time_s"] + r["measure_time_s"] for r in rows)}
+    timing = {"wall_time_s": time.perf_counter() - start, "run_time_s": sum(r["train_time_s"] + r["measure_time_s"] for r in rows),
+              "n_reused": sum(1 for r in rows if (r["lr"], r["batch_size"], r["seed"]) in done), "torch_threads": torch.get_num_threads(),
+              "load_avg_1m_start_end": [load_start, _load()]}
+    payload = {"config": asdict(cfg), **stats, **timing}
     write_outputs(out_dir, "deep_mlp_table", payload)
-    write_text_atomic(out_dir / "deep_mlp_table.md", markdown_report(cfg, stats, rows))
+    write_text_atomic(out_dir / "deep_mlp_table.md", markdown_report(cfg, stats, rows, timing))
     from sdcompress.experiments import plots
 
     plots.grid_figures(rows, [], [r for r in stats["all_runs"] if "tau" in r], out_dir)
     return payload
 
 
-def markdown_report(cfg: DeepMlpConfig, stats: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _load() -> float:
+    """The 1-minute load average (``nan`` where the OS has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return math.nan
+
+
+def markdown_report(cfg: DeepMlpConfig, stats: dict[str, Any], rows: list[dict[str, Any]], timing: dict[str, Any] | None = None) -> str:
     """The τ / Ψ tables with intervals, the ranking and the per-run summary as Markdown."""
     pct = int(round(100 * cfg.bootstrap_level))
     d = rows[0].get("d", "?") if rows else "?"
@@ -312,6 +323,12 @@ def markdown_report(cfg: DeepMlpConfig, stats: dict[str, Any], rows: list[dict[s
              f"second table: {stats['n_excluded']}); eos_ratio range {_range(stats['eos_ratio_range'])}; SD-SLQ/d range "
              f"{_range(stats['sd_over_d_slq_range'])}; test accuracy range {_range(stats['test_acc_range'])}. Intervals: {pct}% percentile "
              f"bootstrap over runs ({cfg.n_bootstrap} resamples). Higher τ is better (a bound should rise with the gap).", ""]
+    if timing:
+        t = timing
+        lines += [f"Time: the runs' own training + measurement time summed is {t['run_time_s'] / 60:.1f} min; this invocation took "
+                  f"{t['wall_time_s'] / 60:.1f} min with {t['torch_threads']} torch thread(s) and reused {t['n_reused']} finished run(s); "
+                  f"1-minute load average {t['load_avg_1m_start_end'][0]:.1f} at its start, {t['load_avg_1m_start_end'][1]:.1f} at its end "
+                  "(2 cores shared with other jobs).", ""]
 
     def table(title: str, trows: list[dict[str, Any]]) -> None:
         lines.extend([f"### {title}", "", "| measure | gap | n | τ | τ interval | Ψ | Ψ interval | ψ_η | ψ_B |", "|---|---|---|---|---|---|---|---|---|"])
