@@ -261,6 +261,7 @@ def analyse(cfg: DeepMlpConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"n_runs": len(rows), "n_at_eos": len(at), "n_excluded": len(rows) - len(at),
             "eos_ratio_range": [min(ratios), max(ratios)] if rows else None,
             "sd_over_d_slq_range": [min(r["sd_over_d_slq"] for r in rows), max(r["sd_over_d_slq"] for r in rows)] if rows and "sd_over_d_slq" in rows[0] else None,
+            "d_minus_sd": {m: [min(r["d"] - r[m] for r in rows), max(r["d"] - r[m] for r in rows)] for m in ("sd_slq", "sd_kde", "sd_ps") if rows and m in rows[0]},
             "test_acc_range": [min(r["test_acc"] for r in rows), max(r["test_acc"] for r in rows)] if rows else None,
             "all_runs": table, "at_eos": correlations(cfg, at, present, vary) if len(at) > 1 else [],  # type: ignore[arg-type]
             "ranking": ranking(table)}
@@ -317,11 +318,13 @@ def markdown_report(cfg: DeepMlpConfig, stats: dict[str, Any], rows: list[dict[s
     """The τ / Ψ tables with intervals, the ranking and the per-run summary as Markdown."""
     pct = int(round(100 * cfg.bootstrap_level))
     d = rows[0].get("d", "?") if rows else "?"
+    deficit = ", ".join(f"{m} {_range(v, '.1f')}" for m, v in stats["d_minus_sd"].items())
     lines = [f"Setting 2 at laptop scale: MLP {'-'.join(map(str, cfg.widths))}, ReLU, no bias (d = {d}), digits, {cfg.dtype}, "
              f"plain SGD to train loss ≤ {cfg.target_train_loss} (cap {cfg.max_epochs} epochs); η ∈ {cfg.lrs} × B ∈ {cfg.batch_sizes} × seeds {cfg.seeds}.",
              "", f"Runs: {stats['n_runs']}; at EoS (eos_ratio ≥ {cfg.eos_threshold:g}): {stats['n_at_eos']} (excluded from the "
              f"second table: {stats['n_excluded']}); eos_ratio range {_range(stats['eos_ratio_range'])}; SD-SLQ/d range "
-             f"{_range(stats['sd_over_d_slq_range'])}; test accuracy range {_range(stats['test_acc_range'])}. Intervals: {pct}% percentile "
+             f"{_range(stats['sd_over_d_slq_range'], '.6f')}; d − SD range: "
+             f"{deficit}; test accuracy range {_range(stats['test_acc_range'])}. Intervals: {pct}% percentile "
              f"bootstrap over runs ({cfg.n_bootstrap} resamples). Higher τ is better (a bound should rise with the gap).", ""]
     if timing:
         t = timing
@@ -334,8 +337,8 @@ def markdown_report(cfg: DeepMlpConfig, stats: dict[str, Any], rows: list[dict[s
         lines.extend([f"### {title}", "", "| measure | gap | n | τ | τ interval | Ψ | Ψ interval | ψ_η | ψ_B |", "|---|---|---|---|---|---|---|---|---|"])
         for r in trows:
             if "tau" in r:
-                lines.append(f"| {r['measure']} | {r['gap']} | {r['n_runs']} | {r['tau']:+.3f} | {_ci(r['tau_ci'])} | {r['psi_mean']:+.3f} | "
-                             f"{_ci(r['psi_mean_ci'])} | {r['psi_lr']:+.3f} | {r['psi_batch_size']:+.3f} |")
+                lines.append(f"| {r['measure']} | {r['gap']} | {r['n_runs']} | {_num(r['tau'])} | {_ci(r['tau_ci'])} | {_num(r['psi_mean'])} | "
+                             f"{_ci(r['psi_mean_ci'])} | {_num(r['psi_lr'])} | {_num(r['psi_batch_size'])} |")
         lines.append("")
 
     table("all runs", stats["all_runs"])
@@ -349,17 +352,22 @@ def markdown_report(cfg: DeepMlpConfig, stats: dict[str, Any], rows: list[dict[s
                           for b, v in r["beats"].items())
         order = ", ".join(f"{m} {r['taus'][m]:+.3f}" for m in r["order"])
         lines.append(f"- {gap}: τ order {order}. **{verdict}**; SD-SLQ is {beats}.")
-    lines += ["", "### runs", "", "| η | B | seed | steps | eos_ratio | train loss | test acc | acc gap | loss gap | SD-SLQ/d | λ_1 | top eig | trace |",
+    lines += ["", "ψ is — where no group of runs that differ only in that factor has a defined τ.",
+              "", "### runs", "", "| η | B | seed | steps | eos_ratio | train loss | test acc | acc gap | loss gap | d − SD-SLQ | λ_1 | top eig | trace |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['lr']:g} | {r['batch_size']} | {r['seed']} | {r['steps']} | {r['eos_ratio']:.2f} | {r['train_loss']:.2e} | "
-                     f"{r['test_acc']:.3f} | {r['acc_gap']:.3f} | {r['loss_gap']:.3f} | {r.get('sd_over_d_slq', math.nan):.4f} | "
+                     f"{r['test_acc']:.3f} | {r['acc_gap']:.3f} | {r['loss_gap']:.3f} | {r['d'] - r.get('sd_slq', math.nan):.1f} | "
                      f"{r.get('lambda_1', math.nan):+.3g} | {r['hess_top']:.3g} | {r['hess_trace']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
-def _range(v: list[float] | None) -> str:
-    return f"{v[0]:.3g}–{v[1]:.3g}" if v else "—"
+def _range(v: list[float] | None, fmt: str = ".3g") -> str:
+    return f"{v[0]:{fmt}}–{v[1]:{fmt}}" if v else "—"
+
+
+def _num(v: float) -> str:
+    return f"{v:+.3f}" if math.isfinite(v) else "—"
 
 
 def main(argv: list[str] | None = None) -> int:
