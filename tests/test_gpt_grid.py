@@ -139,3 +139,8 @@ def test_small_training_split_is_evenly_spread_and_test_split_whole():
     assert len(bundle.train) == 100 and torch.equal(bundle.train.tensors["input_ids"], full.train.tensors["input_ids"][rows])
     assert torch.equal(bundle.test.tensors["input_ids"], full.test.tensors["input_ids"])
     assert bundle.info["train_blocks"] == 100 and rows[-1] > len(full.train) // 2
+
+
+def test_recipe_equals_the_dataclass_defaults():
+    """``--config ''`` runs the committed experiment (the recipe only documents it)."""
+    assert load_config(gpt_grid.GptGridConfig, RECIPE) == gpt_grid.GptGridConfig()

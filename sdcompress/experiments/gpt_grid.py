@@ -78,7 +78,7 @@ class OptimizerGrid:
 
     name: str = "sgd"
     momentum: float = 0.0
-    lrs: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.4, 0.8])
+    lrs: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.4, 0.7])
 
 
 def _default_measures() -> MeasureSettings:
@@ -121,16 +121,16 @@ class GptGridConfig:
     model_options: dict[str, Any] = field(default_factory=lambda: {"n_layer": 2, "n_embd": 32, "n_head": 2})
     block_size: int = 64
     test_fraction: float = 0.15
-    train_examples: int = 512
+    train_examples: int = 256
     dtype: Literal["float32", "float64"] = "float32"
     optimizers: list[OptimizerGrid] = field(default_factory=lambda: [
-        OptimizerGrid("sgd", 0.0, [0.1, 0.2, 0.4, 0.8]), OptimizerGrid("momentum", 0.9, [0.02, 0.04, 0.08, 0.16])])
-    batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+        OptimizerGrid("sgd", 0.0, [0.1, 0.2, 0.4, 0.7]), OptimizerGrid("momentum", 0.9, [0.02, 0.05, 0.1, 0.2])])
+    batch_sizes: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     seeds: list[int] = field(default_factory=lambda: [0])
     weight_decay: float = 0.0
-    steps: int = 600
+    steps: int = 800
     tail_fraction: float = 0.3
-    sharpness_every: int = 45
+    sharpness_every: int = 60
     sharpness_batches: int = 2
     lanczos_steps: int = 15
     eval_examples: int = 512
@@ -183,8 +183,15 @@ class GptGridConfig:
 
 
 def load_bundle(cfg: GptGridConfig) -> DatasetBundle:
-    """The ``pydoc`` byte-level bundle of the config (its first ``train_examples``
-    evenly spread training blocks; the test split whole)."""
+    """The ``pydoc`` byte-level bundle of the config.
+
+    Args:
+        cfg: the config (``block_size``, ``test_fraction``, ``train_examples``).
+
+    Returns:
+        The bundle with ``train_examples`` evenly spread training blocks (all when 0)
+        and the whole test split; ``info`` records how many blocks were kept.
+    """
     bundle = load_data("pydoc", block_size=cfg.block_size, test_fraction=cfg.test_fraction)
     if not cfg.train_examples or cfg.train_examples >= len(bundle.train):
         return bundle
@@ -194,7 +201,16 @@ def load_bundle(cfg: GptGridConfig) -> DatasetBundle:
 
 
 def build_model(cfg: GptGridConfig, bundle: DatasetBundle, seed: int) -> LoadedModel:
-    """A fresh ``tiny-gpt2`` sized for the bundle, in the config's dtype."""
+    """A fresh ``tiny-gpt2`` sized for the bundle, in the config's dtype.
+
+    Args:
+        cfg: the config (``model_options``, ``block_size``, ``dtype``).
+        bundle: the data (its ``vocab_size``).
+        seed: the initialisation seed.
+
+    Returns:
+        The loaded model (eager attention, no dropout).
+    """
     loaded = load_model("tiny-gpt2", seed=seed, **{**cfg.model_options, "block_size": cfg.block_size,
                                                     "vocab_size": bundle.info["vocab_size"]})
     loaded.model.to(getattr(torch, cfg.dtype))
@@ -204,7 +220,17 @@ def build_model(cfg: GptGridConfig, bundle: DatasetBundle, seed: int) -> LoadedM
 def lm_gaps(loaded: LoadedModel, bundle: DatasetBundle, n: int) -> dict[str, float]:
     """Train/test mean next-token loss and accuracy on ``n`` evenly spread blocks of each
     split (0: all), the gaps |train − test| (the paper's) and the signed ones (test −
-    train loss, train − test accuracy: positive when the model overfits)."""
+    train loss, train − test accuracy: positive when the model overfits).
+
+    Args:
+        loaded: the trained model.
+        bundle: the data.
+        n: blocks per split (0: all).
+
+    Returns:
+        ``train_/test_loss``, ``train_/test_acc``, ``loss_gap``, ``acc_gap`` and the
+        ``*_signed`` gaps.
+    """
     out: dict[str, float] = {}
     for split, data in (("train", bundle.train), ("test", bundle.test)):
         loss, acc = evaluate(loaded, data, fixed_subset(data, n or len(data)), batch_size=256)
@@ -218,6 +244,12 @@ def lm_gaps(loaded: LoadedModel, bundle: DatasetBundle, n: int) -> dict[str, flo
 
 def run_one(cfg: GptGridConfig, bundle: DatasetBundle, opt: OptimizerGrid, *, lr: float, batch_size: int, seed: int) -> dict[str, Any]:
     """Train one model for ``cfg.steps`` steps, track its sharpness, measure it.
+
+    Args:
+        cfg: the config.
+        bundle: the data (from :func:`load_bundle`).
+        opt: the optimizer (its momentum; ``lr`` need not be one of its ``lrs``).
+        lr, batch_size, seed: the run's grid point; the seed fixes init and ω.
 
     Returns:
         The run's row (a diverged run has ``diverged`` true and no measures).
@@ -263,7 +295,17 @@ def run_one(cfg: GptGridConfig, bundle: DatasetBundle, opt: OptimizerGrid, *, lr
 
 
 def correlations(cfg: GptGridConfig, runs: list[dict[str, Any]], measures: list[str]) -> list[dict[str, Any]]:
-    """τ and Ψ (η and B varied) of every measure against every gap, with intervals."""
+    """τ and Ψ (η and B varied) of every measure against every gap, with intervals.
+
+    Args:
+        cfg: the config (bootstrap settings).
+        runs: the runs to correlate over.
+        measures: the measure columns.
+
+    Returns:
+        :func:`~sdcompress.experiments.stats.correlation_table` rows with ``tau_ci`` and
+        ``psi_mean_ci``.
+    """
     return correlation_table(runs, measures, GAPS, FACTORS, ["lr", "batch_size"], n_bootstrap=cfg.n_bootstrap,
                              level=cfg.bootstrap_level, seed=cfg.bootstrap_seed)
 
@@ -272,7 +314,15 @@ def analyse(cfg: GptGridConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Exclusions (below the EoS threshold or diverged); per-optimizer and pooled
     correlations over the runs at EoS (``pooled``, ``by_optimizer``) and over every
     finished run, the paper's protocol (``all_pooled``, ``all_by_optimizer``); and per
-    optimizer the spread of eos_ratio and of η·λ_max (median over the tail)."""
+    optimizer the spread of eos_ratio and of η·λ_max (median over the tail).
+
+    Args:
+        cfg: the config (threshold, optimizers, bootstrap settings).
+        rows: every run's row.
+
+    Returns:
+        The statistics (the keys above plus counts and the eos_ratio range).
+    """
     done = [r for r in rows if not r.get("diverged")]
     at = [r for r in done if r["eos_ratio"] >= cfg.eos_threshold]
     present = [m for m in MEASURES if any(m in r for r in rows)]
@@ -320,7 +370,18 @@ def _reusable(cfg: GptGridConfig, path: Path) -> dict[tuple, dict[str, Any]]:
 def run(cfg: GptGridConfig, out_dir: Path) -> dict[str, Any]:
     """Run the grid, writing ``gpt_grid_runs.json/csv`` after every run (an interrupted
     run resumes: rows already there with the same settings are reused), then the
-    statistics to ``gpt_grid_table.json/md`` and the figures."""
+    statistics to ``gpt_grid_table.json/md`` and the figures.
+
+    Args:
+        cfg: the config.
+        out_dir: the output folder (created when missing).
+
+    Returns:
+        The table payload (config, data info, statistics, wall time, threads, load).
+
+    Raises:
+        ConfigError: the config cannot run (:meth:`GptGridConfig.validate`).
+    """
     cfg.validate()
     bundle = load_bundle(cfg)
     jobs = [(o, lr, bs, s) for o in cfg.optimizers for s in cfg.seeds for bs in cfg.batch_sizes for lr in o.lrs]
@@ -352,7 +413,17 @@ def _load() -> tuple[float, float, float]:
 def figures(cfg: GptGridConfig, rows: list[dict[str, Any]], stats: dict[str, Any], out_dir: Path) -> list[Path]:
     """One measure-vs-gap panel figure per optimizer over all finished runs (colour η,
     marker B; titles: τ over those runs), and SD-KDE/d against the loss gap over all
-    finished runs, grouped by optimizer and by whether the run is at EoS."""
+    finished runs, grouped by optimizer and by whether the run is at EoS.
+
+    Args:
+        cfg: the config.
+        rows: every run's row.
+        stats: :func:`analyse` of the rows.
+        out_dir: where the PNGs go.
+
+    Returns:
+        The paths written.
+    """
     from sdcompress.experiments import plots
 
     done = [r for r in rows if not r.get("diverged")]
@@ -386,7 +457,15 @@ def _num(v: Any) -> str:
 
 def markdown_report(cfg: GptGridConfig, payload: dict[str, Any]) -> str:
     """Exclusions, the spread of eos_ratio, the τ / Ψ tables with intervals (runs at EoS
-    and all finished runs), and the wall time and load."""
+    and all finished runs), and the wall time and load.
+
+    Args:
+        cfg: the config.
+        payload: what :func:`run` returns.
+
+    Returns:
+        The Markdown text.
+    """
     pct = int(round(100 * cfg.bootstrap_level))
     grid = "; ".join(f"{o.name} (μ = {o.momentum:g}): η ∈ {o.lrs}" for o in cfg.optimizers)
     data = payload.get("data", {})
@@ -428,7 +507,14 @@ def markdown_report(cfg: GptGridConfig, payload: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: a user error prints one line and exits 2 (``-v``: the traceback)."""
+    """Command-line entry: a user error prints one line and exits 2 (``-v``: the traceback).
+
+    Args:
+        argv: arguments (default: ``sys.argv``).
+
+    Returns:
+        The exit code: 0, or 2 for a user error.
+    """
     args = sys.argv[1:] if argv is None else argv
     try:
         return experiment_main("gpt_grid", __doc__.splitlines()[0], GptGridConfig, run, argv, folder="gpt_grid",
