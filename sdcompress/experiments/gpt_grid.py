@@ -47,6 +47,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from sdcompress.config import check_step_size
 from sdcompress.data import ArrayDataset, DatasetBundle, load_data
 from sdcompress.errors import ConfigError, DivergenceError, SdcompressError
 from sdcompress.experiments.common import SGDSettings, eval_stream, experiment_main, fit_sgd, write_outputs
@@ -165,8 +166,11 @@ class GptGridConfig:
         for o in self.optimizers:
             if not 0.0 <= o.momentum < 1.0:
                 raise ConfigError(f"optimizer {o.name!r}: momentum must be in [0, 1), got {o.momentum}")
-            if not o.lrs or any(not (isinstance(lr, (int, float)) and lr > 0) for lr in o.lrs):
-                raise ConfigError(f"optimizer {o.name!r}: lrs must be a non-empty list of positive numbers, got {o.lrs}")
+            if not o.lrs:
+                raise ConfigError(f"optimizer {o.name!r}: lrs is empty; give at least one step size, e.g. [0.1]")
+            for lr in o.lrs:  # the toolkit's one check of η (and below of wd)
+                check_step_size(lr, section=f"optimizers.{o.name}", lr_name="lrs[]")
+        check_step_size(self.optimizers[0].lrs[0], self.weight_decay)
         if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise ConfigError(f"batch_sizes must be a non-empty list of integers ≥ 1, got {self.batch_sizes}")
         if not self.seeds:
@@ -178,8 +182,6 @@ class GptGridConfig:
             raise ConfigError(f"tail_fraction must be in (0, 1], got {self.tail_fraction}")
         if self.eval_examples < 0 or self.train_examples < 0:
             raise ConfigError(f"eval_examples and train_examples must be ≥ 0 (0: the whole split), got {self.eval_examples}, {self.train_examples}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
 
 
 def load_bundle(cfg: GptGridConfig) -> DatasetBundle:
