@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -49,7 +48,7 @@ import torch
 
 from sdcompress.config import check_step_size
 from sdcompress.data import ArrayDataset, DatasetBundle, load_data
-from sdcompress.errors import ConfigError, DivergenceError, SdcompressError
+from sdcompress.errors import ConfigError, DivergenceError
 from sdcompress.experiments.common import SGDSettings, eval_stream, experiment_main, fit_sgd, write_outputs
 from sdcompress.experiments.eos_grid import tail_steps
 from sdcompress.experiments.measures import MeasureSettings, full_batch_curvature, sd_measures
@@ -517,16 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit code: 0, or 2 for a user error.
     """
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        return experiment_main("gpt_grid", __doc__.splitlines()[0], GptGridConfig, run, argv, folder="gpt_grid",
-                               headline=lambda p: f"{p['n_at_eos']}/{p['n_runs']} runs at EoS")
-    except SdcompressError as exc:
-        if "-v" in args or "--verbose" in args:
-            raise
-        print(f"gpt_grid: error: {exc}", file=sys.stderr)
-        return 2
-
+    return experiment_main("gpt_grid", __doc__.splitlines()[0], GptGridConfig, run, argv, folder="gpt_grid",
+                           headline=lambda p: f"{p['n_at_eos']}/{p['n_runs']} runs at EoS")
 
 if __name__ == "__main__":
     raise SystemExit(main())
