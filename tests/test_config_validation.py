@@ -69,7 +69,7 @@ def test_run_config_checks_every_section_before_anything_is_written(tmp_path):
     # a field changed after construction is caught by resolved(), which run_pipeline calls first
     cfg = RunConfig(output=OutputConfig(dir=str(tmp_path / "run")))
     cfg.train.lr = -1.0
-    with pytest.raises(FieldError, match=r"train.lr must be a finite number > 0, got -1.0"):
+    with pytest.raises(FieldError, match=r"train.lr must be a finite number > 0 or 'auto', got -1.0"):
         cfg.resolved()
     from sdcompress.pipeline import run_pipeline
 
@@ -106,8 +106,11 @@ def test_step_size_is_checked_in_one_place():
     with pytest.raises(FieldError) as a:
         TrainConfig(lr=0)
     with pytest.raises(FieldError) as b:
-        check_step_size(0, section="train")
+        check_step_size(0, section="train", allow_auto=True)
     assert str(a.value) == str(b.value)
+    assert check_step_size("auto", 0.01, allow_auto=True) == ("auto", 0.01)
+    with pytest.raises(FieldError, match="lr must be a finite number > 0, got 'auto'"):
+        check_step_size("auto")  # only where the caller can choose η itself
 
 
 def _one_line_error(capsys) -> str:
@@ -119,13 +122,13 @@ def _one_line_error(capsys) -> str:
 @pytest.mark.parametrize(
     "argv,expected",
     [
-        (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+        (["--lr", "0"], "--lr must be a finite number > 0 or 'auto', got 0.0"),
         (["--weight-decay", "-1"], "--weight-decay must be a finite number ≥ 0, got -1.0"),
         (["--batch-size", "0"], "--batch-size must be an integer ≥ 1, got 0"),
         (["--steps", "-5"], "--steps must be an integer ≥ 0, got -5"),
         (["--eval-tolerance", "0"], "--eval-tolerance must be a finite number > 0"),
         (["--budget", "1.5"], "--budget must be in (0, 1], got 1.5"),
-        (["--set", "train.lr=0"], "--set: train.lr: must be a finite number > 0, got 0.0"),
+        (["--set", "train.lr=0"], "--set: train.lr: must be a finite number > 0 or 'auto', got 0.0"),
         (["--set", "estimate.slq_runs=0"], "--set: estimate.slq_runs: must be an integer ≥ 1, got 0"),
     ],
 )

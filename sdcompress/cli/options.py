@@ -9,6 +9,7 @@ path, because those configs are built elsewhere.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -60,3 +61,14 @@ def under_options(options: Mapping[str, str]) -> Iterator[None]:
 
 
 __all__ = ["RUN_OPTIONS", "under_options"]
+
+
+def step_size(text: str) -> float | str:
+    """argparse type of ``--lr``: a number, or ``auto`` (η = 2/λ_max at the start; the
+    configs check the range, so ``--lr 0`` is reported under ``--lr`` with its fix)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or auto, got {text!r}") from None

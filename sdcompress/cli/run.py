@@ -14,6 +14,8 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from sdcompress.cli.options import step_size
+
 logger = logging.getLogger(__name__)
 
 #: default SGD steps from the checkpoint of a model that is not built in
@@ -85,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN", help="modules to leave alone")
     d = parser.add_argument_group("data and training")
     d.add_argument("--dataset", default=None, help="dataset (built-in, local file, or hub name); default: the model's own")
-    d.add_argument("--lr", type=float, default=None, metavar="ETA", help="constant SGD step size η (default: the training config's)")
+    d.add_argument("--lr", type=step_size, default=None, metavar="ETA",
+                   help="constant SGD step size η, or auto: 2/λ_max of the first batch at the start (default: the built-in's EoS η; auto for other models)")
     d.add_argument("--weight-decay", type=float, default=None, help="weight decay of the SGD map (default: the training config's)")
     d.add_argument("--steps", type=int, default=None,
                    help=f"training steps (default: EoS training of built-ins; {NON_BUILTIN_STEPS} constant-η SGD steps from the "

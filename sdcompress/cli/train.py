@@ -15,6 +15,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from sdcompress.cli.options import step_size
 from sdcompress.errors import ConfigError, DivergenceError, OutputExistsError
 from sdcompress.train.checkpoint import CHECKPOINT_FILE
 from sdcompress.train.log import LOG_FILE, MODEL_DIR, PLOT_FILE
@@ -42,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="built-in (pydoc, digits, modular), a local text/JSON/CSV/Parquet file, or a hub name; "
                              "default: the built-in model's own (tiny-gpt2: pydoc, mlp: digits, modular-mlp: modular)")
     parser.add_argument("--output-dir", required=True, help="folder for train_log.json, train_log.png, model/ and the checkpoint")
-    parser.add_argument("--lr", type=float, default=None,
-                        help=f"constant step size η; default: the model's EoS default ({_per_model('lr')})")
+    parser.add_argument("--lr", type=step_size, default=None,
+                        help=f"constant step size η, or auto (2/λ_max of the first batch at the start); default: the model's EoS "
+                             f"default ({_per_model('lr')}), auto for other models")
     parser.add_argument("--steps", type=int, default=None, help=f"SGD steps; default: the model's ({_per_model('steps')})")
     parser.add_argument("--batch-size", type=int, default=None, help=f"minibatch size; default: the model's ({_per_model('batch_size', 1)})")
     parser.add_argument("--weight-decay", type=float, default=None,
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     v, last = result.verdict, result.log[-1]
     acc = "" if last["test_accuracy"] is None else f" · test accuracy {last['test_accuracy']:.3f}"
-    print(f"{result.model} on {result.dataset}: {result.steps} SGD steps, η = {train_cfg.lr:g}, wd = {train_cfg.weight_decay:g}, "
+    print(f"{result.model} on {result.dataset}: {result.steps} SGD steps, η = {result.config.lr:g}, wd = {train_cfg.weight_decay:g}, "
           f"momentum {train_cfg.momentum:g}, batch {data_cfg.batch_size} ({result.n_params:,} parameters)"
           + (f", resumed from step {result.resumed_from}" if result.resumed_from else ""))
     limit = last["stability_threshold"] + train_cfg.weight_decay  # 2(1 + μ)/η

@@ -65,6 +65,7 @@ from sdcompress.pipeline.stages import (
     stage_estimate,
     stage_tries,
     train_summary,
+    with_trained_lr,
 )
 from sdcompress.plan import Plan
 from sdcompress.report import RunReport, environment, render_run
@@ -125,6 +126,7 @@ def _run_locked(cfg: RunConfig, folder: Path, device: Any) -> RunReport:
         cfg, pre = run_preflight(cfg, trained, folder, device, lyapunov=needs_subspace(cfg))
         pending = trained.pending
         trained = finish_training(cfg, trained, folder)
+        cfg = with_trained_lr(cfg, trained)  # lr auto: the η the SGD phase chose, for every later stage
         if pending:
             quality = _check_quality(cfg, trained)
     except BaseException:

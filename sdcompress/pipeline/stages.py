@@ -17,6 +17,7 @@ import torch
 
 from sdcompress.compress import CompressionReport, compress_, load_compressed, save_compressed
 from sdcompress.data import BatchStream, DatasetBundle
+from sdcompress.errors import ConfigError
 from sdcompress.estimator import estimate_sd
 from sdcompress.estimator.result import SDEstimate
 from sdcompress.evaluate import EvalReport, evaluate, measure_sd, verdict
@@ -142,6 +143,24 @@ def finish_training(cfg: RunConfig, trained: Trained, folder: Path) -> Trained:
     if not (folder / TRAIN_LOG_FILE).is_file():
         write_json_atomic(folder / TRAIN_LOG_FILE, {**trained.log, "phase": trained.phase})
     return trained
+
+
+def with_trained_lr(cfg: RunConfig, trained: Trained) -> RunConfig:
+    """``cfg`` with ``train.lr: auto`` replaced by the η its SGD phase used (from the training
+    log), so that every later stage (SD, the plan, the re-measure) uses that η.
+
+    Raises:
+        ConfigError: ``auto`` with no SGD phase to take η from (``--steps 0``).
+    """
+    from sdcompress.train.step_size import AUTO_LR, trained_lr
+
+    if cfg.train.lr != AUTO_LR:
+        return cfg
+    lr = trained_lr(trained.log)
+    if lr is None:
+        raise ConfigError("train.lr is auto but no SGD phase ran to choose η from (e.g. --steps 0); "
+                          "pass the step size the model was trained with, e.g. --lr 0.1")
+    return replace(cfg, train=replace(cfg.train, lr=lr))
 
 
 # --------------------------------------------------------------------------- estimate

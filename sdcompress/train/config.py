@@ -54,7 +54,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from sdcompress.config import DataConfig, FieldError, Validated, check_step_size, is_number, need_int
+from sdcompress.config import AUTO_LR, DataConfig, FieldError, Validated, check_step_size, is_number, need_int
 from sdcompress.errors import ConfigError
 from sdcompress.models.loader import BUILTIN_MODELS, DEFAULT_DATASET
 
@@ -72,7 +72,9 @@ class TrainConfig(Validated):
     verdict compares λ_max(H_B) + wd with 2(1 + μ)/η (:mod:`sdcompress.train.eos`).
 
     Attributes:
-        lr: constant step size η > 0.
+        lr: constant step size η > 0, or ``"auto"``: η = 2(1 + μ)/(λ_0 + wd) from the top
+            Hessian eigenvalue λ_0 of the first minibatch at the starting weights
+            (:mod:`sdcompress.train.step_size`; the default for models that are not built in).
         steps: number of SGD steps.
         momentum: heavy-ball momentum μ in [0, 1) (``torch.optim.SGD``, no dampening).
         weight_decay: coupled L2 coefficient wd ≥ 0 (default 1e-2: see the module docstring).
@@ -87,7 +89,7 @@ class TrainConfig(Validated):
 
     SECTION: ClassVar[str] = "train"
 
-    lr: float = 0.3
+    lr: float | str = 0.3
     steps: int = 1500
     momentum: float = 0.0
     weight_decay: float = DEFAULT_WEIGHT_DECAY
@@ -105,7 +107,7 @@ class TrainConfig(Validated):
             FieldError: naming the field (``train.NAME``), the received value and the fix.
         """
         s = self.SECTION
-        check_step_size(self.lr, self.weight_decay, section=s)
+        check_step_size(self.lr, self.weight_decay, section=s, allow_auto=True)
         for name in ("momentum", "eos_window", "eos_tolerance"):
             if not is_number(getattr(self, name)):
                 raise FieldError(s, name, "a finite number", getattr(self, name))
@@ -145,9 +147,14 @@ BUILTIN_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
+#: Train settings of a model that is not built in (a checkpoint): η from its sharpness.
+CHECKPOINT_DEFAULTS: dict[str, Any] = dict(lr=AUTO_LR)
+
+
 def default_train_config(model: str) -> TrainConfig:
-    """The documented EoS training defaults of a built-in model (generic defaults otherwise)."""
-    train, _ = BUILTIN_DEFAULTS.get(model, ({}, {}))
+    """The documented EoS training defaults of a built-in model; for any other model (a
+    checkpoint, whose step size nobody knows) ``lr: auto``."""
+    train, _ = BUILTIN_DEFAULTS.get(model, (CHECKPOINT_DEFAULTS, {}))
     return TrainConfig(**train)
 
 
@@ -158,7 +165,9 @@ def default_data_config(model: str) -> DataConfig:
 
 
 __all__ = [
+    "AUTO_LR",
     "BUILTIN_DEFAULTS",
+    "CHECKPOINT_DEFAULTS",
     "BUILTIN_MODELS",
     "DEFAULT_WEIGHT_DECAY",
     "TrainConfig",

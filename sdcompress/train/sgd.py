@@ -40,7 +40,8 @@ from sdcompress.models.loader import LoadedModel
 from sdcompress.progress import progress
 from sdcompress.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, read_checkpoint_info, save_checkpoint
 from sdcompress.train.config import TrainConfig
-from sdcompress.train.eos import evaluate, eos_verdict, fixed_subset, model_device, sharpness
+from sdcompress.train.eos import Sharpness, evaluate, eos_verdict, fixed_subset, model_device, sharpness
+from sdcompress.train.step_size import AUTO_LR, resolve_auto
 from sdcompress.train.log import MODEL_DIR, TrainResult, write_train_log
 
 logger = logging.getLogger(__name__)
@@ -81,16 +82,18 @@ def _divergence(step: int, value: float, what: str, lr: float) -> DivergenceErro
 
 
 def _record(
-    loaded: LoadedModel, data: DatasetBundle, batch: Any, step: int, config: TrainConfig, rows: tuple[list[int], list[int]], batch_size: int, steps_per_epoch: int
+    loaded: LoadedModel, data: DatasetBundle, batch: Any, step: int, config: TrainConfig, rows: tuple[list[int], list[int]], batch_size: int, steps_per_epoch: int,
+    sharp: Sharpness | None = None,
 ) -> dict[str, Any]:
-    """The log record at w_t (before step t's update)."""
+    """The log record at w_t (before step t's update); ``sharp``: λ_max already measured there."""
     with torch.no_grad():
         mb_loss = float(loaded.loss(batch))
     if not math.isfinite(mb_loss):
         raise _divergence(step, mb_loss, "minibatch loss", config.lr)
     train_loss, train_acc = evaluate(loaded, data.train, rows[0], batch_size)
     test_loss, test_acc = evaluate(loaded, data.test, rows[1], batch_size)
-    sharp = sharpness(loaded, batch, steps=config.sharpness_steps, seed=step)
+    if sharp is None:
+        sharp = sharpness(loaded, batch, steps=config.sharpness_steps, seed=step)
     return {
         "step": step,
         "epoch": step / steps_per_epoch,
@@ -142,6 +145,9 @@ def train_sgd(
         loaded: the model and its loss (trained in place; its train/eval mode is left as is).
         data: train split (minibatches) and test split (test loss).
         config: step size, steps, momentum, weight decay, logging, verdict, checkpoints.
+            ``lr: auto`` takes η = 2(1 + μ)/(λ_0 + wd) from λ_0 = λ_max of the first
+            minibatch's Hessian at the starting weights (:mod:`sdcompress.train.step_size`;
+            the step-0 log record reuses λ_0); the result's config holds the η used.
         data_config: batch size, seed and sampling of the stream ω (default ``DataConfig()``).
         stream: a ready stream over ``data.train`` (overrides ``data_config``'s batch size,
             seed and sampling, which are then recorded from the stream).
@@ -155,8 +161,8 @@ def train_sgd(
         The log, the EoS verdict, final losses and output paths.
 
     Raises:
-        ConfigError: bad settings, a batch size larger than the train split, or a model
-            whose task does not match the data.
+        ConfigError: bad settings, a batch size larger than the train split, a model whose
+            task does not match the data, or ``lr: auto`` at a start with λ_0 + wd ≤ 0.
         ModelError: a model with active dropout (its loss is random) or no trainable parameter.
         DivergenceError: a non-finite loss; the message suggests half the step size.
     """
@@ -172,6 +178,13 @@ def train_sgd(
     params = [p for p in loaded.model.parameters() if p.requires_grad]
     if not params:
         raise ModelError(f"model {loaded.name!r} has no trainable parameter (all have requires_grad=False)")
+    device = model_device(loaded)
+    sharp_0 = None
+    if config.lr == AUTO_LR:  # at w_0, before any checkpoint is loaded: a resumed run gets the same η
+        sharp_0 = sharpness(loaded, move_batch(stream.batch(0), device), steps=config.sharpness_steps, seed=0)
+        config = resolve_auto(config, sharp_0.value)
+        logger.info("lr auto: λ_max(H_B) = %.5g at step 0 (%d Lanczos steps) → η = 2(1 + μ)/(λ_max + wd) = %.5g",
+                    sharp_0.value, config.sharpness_steps, config.lr)
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     fingerprint = run_fingerprint(loaded, data, config, data_config)
     n_eval = config.eval_batches * stream.batch_size
@@ -190,13 +203,13 @@ def train_sgd(
             why = "another run's settings or initial weights" if info.fingerprint != fingerprint else f"step {info.step} > steps {config.steps}"
             logger.warning("ignoring the checkpoint in %s (%s); training from step 0", ckpt, why)
 
-    device = model_device(loaded)
     bar = progress(total=config.steps, initial=start, desc=f"SGD η={config.lr:g}", unit="step")
     try:
         for t in range(start, config.steps + 1):
             batch = move_batch(stream.batch(t), device)
             if t % config.log_every == 0 or t == config.steps:
-                rec = _record(loaded, data, batch, t, config, rows, stream.batch_size, stream.steps_per_epoch)
+                rec = _record(loaded, data, batch, t, config, rows, stream.batch_size, stream.steps_per_epoch,
+                              sharp=sharp_0 if t == 0 else None)
                 records.append(rec)
                 logger.debug("step %d: %s", t, rec)
                 bar.set_postfix(loss=f"{rec['train_loss']:.4g}", lam=f"{rec['sharpness']:.4g}", two_over_lr=f"{2 / config.lr:.4g}")
