@@ -178,5 +178,5 @@ def test_config_errors_raise_and_exit_2_with_one_line(override, name, capsys, tm
         load_config(deep_mlp.DeepMlpConfig, RECIPE, [override])
     assert deep_mlp.main(["--config", str(RECIPE), "--set", override, "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("sdcompress: error:") and name in err[0]
+    assert len(err) == 1 and err[0].startswith("deep_mlp: error:") and name in err[0]
     assert not (tmp_path / "out").exists()  # nothing written

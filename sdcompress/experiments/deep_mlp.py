@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,8 +46,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from sdcompress.config import check_step_size
 from sdcompress.data import DatasetBundle, load_data
-from sdcompress.errors import ConfigError, SdcompressError
+from sdcompress.errors import ConfigError
 from sdcompress.experiments.common import SGDSettings, bundle_as, eval_stream, experiment_main, fit_sgd, gaps, write_outputs
 from sdcompress.experiments.eos_grid import GAPS, _ci, _sharpness, correlations, eos_ratio, tail_steps
 from sdcompress.experiments.measures import MeasureSettings, full_batch_curvature, sd_measures
@@ -125,8 +125,8 @@ class DeepMlpConfig:
             v = getattr(self, name)
             if not v or len(set(v)) != len(v):
                 raise ConfigError(f"{name} must be a non-empty list of distinct values, got {v}; e.g. {name}={self._example[name]}")
-        if any(not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0) for x in self.lrs):
-            raise ConfigError(f"lrs must all be finite and > 0, got {self.lrs}; e.g. lrs=[0.025, 0.05, 0.1, 0.2]")
+        for lr in self.lrs:  # the one step-size check
+            check_step_size(lr, section="deep_mlp", lr_name="lrs[]")
         if any(int(b) < 1 for b in self.batch_sizes):
             raise ConfigError(f"batch_sizes must all be ≥ 1, got {self.batch_sizes}; e.g. batch_sizes=[16, 32, 64, 128]")
         if len(self.widths) < 2 or any(int(w) < 1 for w in self.widths):
@@ -371,16 +371,9 @@ def _num(v: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: exit 2 with one line on a user error (``-v`` for the traceback)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return experiment_main("deep_mlp", __doc__.splitlines()[0], DeepMlpConfig, run, args,
-                               headline=lambda p: {g: r["claimed_best"] for g, r in p["ranking"].items()})
-    except SdcompressError as exc:
-        if "-v" in args or "--verbose" in args:
-            raise
-        print(f"sdcompress: error: {exc}", file=sys.stderr)
-        return 2
+    """Command-line entry (a user error exits 2 with one line; ``-v`` for the traceback)."""
+    return experiment_main("deep_mlp", __doc__.splitlines()[0], DeepMlpConfig, run, argv,
+                           headline=lambda p: {g: r["claimed_best"] for g, r in p["ranking"].items()})
 
 
 if __name__ == "__main__":
