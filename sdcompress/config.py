@@ -73,27 +73,37 @@ def need_int(section: str, name: str, value: Any, minimum: int = 1, fix: str = "
         raise FieldError(section, name, f"an integer ≥ {minimum}", value, fix)
 
 
+#: ``lr: auto``: η chosen from the sharpness at the start of training (:mod:`sdcompress.train.step_size`)
+AUTO_LR = "auto"
+
+
 def check_step_size(lr: Any, weight_decay: Any = 0.0, *, section: str = "", lr_name: str = "lr",
-                    wd_name: str = "weight_decay") -> tuple[float, float]:
+                    wd_name: str = "weight_decay", allow_auto: bool = False) -> tuple[float | str, float]:
     """The one check of the SGD step size η and the coupled weight decay wd.
 
     Args:
-        lr: η, a finite number > 0.
+        lr: η, a finite number > 0 (or ``"auto"`` where ``allow_auto``).
         weight_decay: wd, a finite number ≥ 0.
         section, lr_name, wd_name: how the caller names them in messages.
+        allow_auto: accept ``"auto"`` (η chosen from the sharpness at the start of training,
+            :mod:`sdcompress.train.step_size`); it is returned as is.
 
     Returns:
-        ``(float(lr), float(weight_decay))``.
+        ``(float(lr), float(weight_decay))`` (``("auto", wd)`` for an allowed ``auto``).
 
     Raises:
         FieldError: either is out of range (naming it, the value and the fix).
     """
-    if not is_number(lr) or not lr > 0:
+    auto = allow_auto and lr == AUTO_LR
+    if not auto and (not is_number(lr) or not lr > 0):
+        if allow_auto:
+            raise FieldError(section, lr_name, "a finite number > 0 or 'auto'", lr,
+                             "pass the constant SGD step size η, e.g. 0.1, or auto (η = 2/λ_max at the start)")
         raise FieldError(section, lr_name, "a finite number > 0", lr,
                          "pass the constant SGD step size η the model is (or was) trained with, e.g. 0.1")
     if not is_number(weight_decay) or weight_decay < 0:
         raise FieldError(section, wd_name, "a finite number ≥ 0", weight_decay, "pass 0 for plain SGD, e.g. 0.01 with decay")
-    return float(lr), float(weight_decay)
+    return (AUTO_LR if auto else float(lr)), float(weight_decay)
 
 
 class Validated:
@@ -186,4 +196,4 @@ class ModelConfig(Validated):
         return self
 
 
-__all__ = ["DataConfig", "FieldError", "ModelConfig", "Validated", "check_step_size", "is_int", "is_number", "need_int"]
+__all__ = ["AUTO_LR", "DataConfig", "FieldError", "ModelConfig", "Validated", "check_step_size", "is_int", "is_number", "need_int"]

@@ -106,8 +106,11 @@ def test_step_size_is_checked_in_one_place():
     with pytest.raises(FieldError) as a:
         TrainConfig(lr=0)
     with pytest.raises(FieldError) as b:
-        check_step_size(0, section="train")
+        check_step_size(0, section="train", allow_auto=True)
     assert str(a.value) == str(b.value)
+    assert check_step_size("auto", 0.01, allow_auto=True) == ("auto", 0.01)
+    with pytest.raises(FieldError, match="lr must be a finite number > 0, got 'auto'"):
+        check_step_size("auto")  # only where the caller can choose η itself
 
 
 def _one_line_error(capsys) -> str:

@@ -72,7 +72,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from sdcompress.experiments import compression_tie, eos_sweep, grid, grokking  # noqa: E402
+from sdcompress.experiments import compression_tie, eos_sweep, gpt_grid, grid, grokking  # noqa: E402
 from sdcompress.experiments.common import load_config  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "experiments"
@@ -89,7 +89,7 @@ def quick_grid(tmp_path_factory):
 
 def test_recipes_load_strictly():
     for name, cls in [("grid", grid.GridConfig), ("eos_sweep", eos_sweep.EosConfig), ("grokking", grokking.GrokConfig), ("eos_grid", eos_grid.EosGridConfig),
-                      ("compression_tie", compression_tie.TieConfig)]:
+                      ("compression_tie", compression_tie.TieConfig), ("gpt_grid", gpt_grid.GptGridConfig)]:
         assert isinstance(load_config(cls, RECIPES / f"{name}.yaml"), cls)
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(grid.GridConfig, None, ["lrss=[0.1]"])
@@ -309,3 +309,17 @@ def test_grokking_seed_spread_groups_seeds_and_reports_both_minima():
     assert spread["a"]["sd_over_d_min_overall"]["per_seed"] == [0.5, 0.6]
     assert spread["a"]["sd_over_d_min_overall_step"]["per_seed"] == [30, 10]
     assert "end_step" in spread["a"] and "sd_over_d_at_end" not in spread["a"]  # keys missing in a transition are left out
+
+
+@pytest.mark.parametrize("module", [grid, eos_grid, grokking])
+def test_experiment_user_errors_exit_2_with_one_line(module, tmp_path, capsys):
+    """Every experiment's entry (common.experiment_main) turns a bad value into one line and
+    exit 2, writes nothing, and re-raises under -v."""
+    out = tmp_path / "out"
+    args = ["--quick", "--output-dir", str(out), "--set", "no_such_field=1"]
+    assert module.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error:" in err and "no_such_field" in err and "Traceback" not in err
+    assert not out.exists()
+    with pytest.raises(ConfigError):
+        module.main([*args, "-v"])

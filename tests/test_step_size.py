@@ -123,3 +123,23 @@ def test_main_job_on_a_checkpoint_uses_the_auto_step_everywhere(tmp_path):
     assert estimates["lr"] == eta  # SD is measured with the η the SGD phase used
     assert json.loads((out / "config.json").read_text())["train"]["lr"] == "auto"  # the run's settings as given
     assert report is not None
+
+
+def test_chance_level_of_a_language_model_is_over_its_own_outputs():
+    """A GPT-2 with 300 output rows on byte text (a data vocabulary of 257): a uniform guess
+    over its outputs scores ln 300, and that is the level a dead network sits at."""
+    from sdcompress.data import load_data
+    from sdcompress.models import MLP, load_model
+    from sdcompress.pipeline.run import _n_outputs, output_size
+    from sdcompress.pipeline.stages import Trained
+
+    data = load_data("pydoc", block_size=16)
+    assert data.info["vocab_size"] == 257
+    loaded = load_model("tiny-gpt2", seed=0, vocab_size=300, n_embd=8, n_layer=1, n_head=2, block_size=16)
+    assert output_size(loaded.model) == 300
+    assert _n_outputs(Trained(loaded, data, {}, "test")) == 300
+    same = load_model("tiny-gpt2", seed=0, n_embd=8, n_layer=1, n_head=2, block_size=16)
+    assert _n_outputs(Trained(same, data, {}, "test")) == 257
+    digits = load_data("digits")
+    mlp = load_model("mlp", seed=0)
+    assert _n_outputs(Trained(mlp, digits, {}, "test")) == 10 and output_size(MLP((4, 3))) is None

@@ -16,6 +16,7 @@ import argparse
 import csv
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from torch import nn
 
 from sdcompress.config import check_step_size
 from sdcompress.data import ArrayDataset, BatchStream, DatasetBundle
-from sdcompress.errors import ConfigError, DivergenceError
+from sdcompress.errors import ConfigError, DivergenceError, SdcompressError
 from sdcompress.io import write_json_atomic, write_text_atomic
 from sdcompress.models import model_loss
 
@@ -296,15 +297,22 @@ def experiment_main(
         headline: what of the payload to log next to the time.
 
     Returns:
-        The exit code (0).
+        The exit code: 0, or 2 for a user error (a bad recipe, option or value: one line on
+        stderr naming it; ``-v`` re-raises it with its traceback).
     """
     args = experiment_parser(name, description).parse_args(argv)
     setup_cli(args)
-    cfg = load_config(config_cls, args.config or None, args.overrides)
-    if args.quick:
-        cfg = cfg.quick()  # type: ignore[attr-defined]
-    out = resolve_output_dir(args, cfg.output_dir, folder or name)  # type: ignore[attr-defined]
-    payload = run_fn(cfg, out)
+    try:
+        cfg = load_config(config_cls, args.config or None, args.overrides)
+        if args.quick:
+            cfg = cfg.quick()  # type: ignore[attr-defined]
+        out = resolve_output_dir(args, cfg.output_dir, folder or name)  # type: ignore[attr-defined]
+        payload = run_fn(cfg, out)
+    except SdcompressError as exc:
+        if args.verbose:
+            raise
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
     extra = f"; {headline(payload)}" if headline else ""
     logger.info("wrote %s in %.0f s%s", out, payload["wall_time_s"], extra)
     return 0

@@ -134,6 +134,10 @@ def correlation_table(
     gaps: Sequence[str],
     factors: Sequence[str],
     vary: Sequence[str],
+    *,
+    n_bootstrap: int = 0,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One row per (measure, gap): τ over all runs, ψ per varied factor, and Ψ.
 
@@ -143,9 +147,14 @@ def correlation_table(
         gaps: names of the generalization gaps.
         factors: names of all grid factors (varied ones and fixed ones such as the seed).
         vary: the factors ψ is computed over.
+        n_bootstrap: resamples of the percentile bootstrap intervals of τ and Ψ (0: none;
+            see :func:`bootstrap_interval`, runs resampled with replacement).
+        level: coverage of the intervals.
+        seed: seed of the resampling.
 
     Returns:
-        Rows ``{"measure", "gap", "tau", "psi_<factor>"..., "psi_mean", "n_runs"}``; runs
+        Rows ``{"measure", "gap", "tau", "psi_<factor>"..., "psi_mean", "n_runs"}``, plus
+        ``tau_ci`` and ``psi_mean_ci`` (``[low, high]``) when ``n_bootstrap`` > 0; runs
         where the measure or the gap is not finite are left out of that row.
     """
     rows = []
@@ -160,8 +169,25 @@ def correlation_table(
             row.update({f"psi_{v}": gk.psi[v] for v in vary})
             row["psi_mean"] = gk.mean
             row["n_runs"] = len(keep)
+            if n_bootstrap > 0:
+                row.update(_bootstrap_cis(np.asarray(x), np.asarray(y), fac, vary, n_bootstrap, level, seed))
             rows.append(row)
     return rows
+
+
+def _bootstrap_cis(x: np.ndarray, y: np.ndarray, fac: Mapping[str, Sequence[Any]], vary: Sequence[str],
+                   n_resamples: int, level: float, seed: int) -> dict[str, list[float]]:
+    """Bootstrap intervals of τ and Ψ of one (measure, gap) pair (runs resampled together)."""
+    n = len(x)
+
+    def tau(idx: np.ndarray) -> float:
+        return kendall_tau(x[idx], y[idx])
+
+    def psi(idx: np.ndarray) -> float:
+        return granulated_kendall(x[idx], y[idx], {f: [v[i] for i in idx] for f, v in fac.items()}, vary).mean
+
+    return {"tau_ci": list(bootstrap_interval(tau, n, n_resamples=n_resamples, level=level, seed=seed)),
+            "psi_mean_ci": list(bootstrap_interval(psi, n, n_resamples=n_resamples, level=level, seed=seed))}
 
 
 def _finite(v: Any) -> bool:

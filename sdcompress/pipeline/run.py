@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sdcompress.data import BatchStream
 from sdcompress.estimator.result import SDEstimate
 from sdcompress.evaluate import EvalReport, verdict
@@ -181,13 +183,26 @@ def _run_locked(cfg: RunConfig, folder: Path, device: Any) -> RunReport:
 
 
 def _n_outputs(trained: Trained) -> int | None:
-    """K of the chance level: the classes of a classifier, the vocabulary of a language model."""
+    """K of the chance level: the classes of a classifier; for a language model the entries of
+    its output layer (a uniform guess over what the model can output scores ln K: GPT-2's
+    50,257 on byte-level text, whose data vocabulary is 257), else the data's vocabulary."""
     info = trained.data.info
     if trained.loaded.task == "classification":
         k = info.get("n_classes")
     else:
-        k = info.get("vocab_size") or getattr(getattr(trained.loaded.model, "config", None), "vocab_size", None)
+        k = output_size(trained.loaded.model) or info.get("vocab_size")
     return int(k) if k else None
+
+
+def output_size(model: Any) -> int | None:
+    """Rows of a language model's output layer (``get_output_embeddings``), else its config's
+    ``vocab_size``; ``None`` when neither is known."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(vocab) if vocab else None
 
 
 def _check_quality(cfg: RunConfig, trained: Trained) -> TrainingQuality | None:

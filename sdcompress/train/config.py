@@ -54,14 +54,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from sdcompress.config import DataConfig, FieldError, Validated, check_step_size, is_number, need_int
+from sdcompress.config import AUTO_LR, DataConfig, FieldError, Validated, check_step_size, is_number, need_int
 from sdcompress.errors import ConfigError
 from sdcompress.models.loader import BUILTIN_MODELS, DEFAULT_DATASET
 
 DEFAULT_WEIGHT_DECAY = 1e-2
-
-#: ``lr: auto``: η from the sharpness at the start (:mod:`sdcompress.train.step_size`)
-AUTO_LR = "auto"
 
 
 @dataclass
@@ -110,11 +107,7 @@ class TrainConfig(Validated):
             FieldError: naming the field (``train.NAME``), the received value and the fix.
         """
         s = self.SECTION
-        auto = self.lr == AUTO_LR
-        if not auto and (not is_number(self.lr) or not self.lr > 0):
-            raise FieldError(s, "lr", f"a finite number > 0 or {AUTO_LR!r}", self.lr,
-                             "pass the constant SGD step size η, e.g. 0.1, or auto (η = 2/λ_max at the start)")
-        check_step_size(1.0 if auto else self.lr, self.weight_decay, section=s)
+        check_step_size(self.lr, self.weight_decay, section=s, allow_auto=True)
         for name in ("momentum", "eos_window", "eos_tolerance"):
             if not is_number(getattr(self, name)):
                 raise FieldError(s, name, "a finite number", getattr(self, name))
