@@ -229,37 +229,62 @@ class FolderLock:
         """
         import fcntl
 
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as exc:
-                raise OutputError(f"cannot create the lock file {str(self.path)!r}: {exc.strerror or exc}; "
-                                  f"the {self.what}'s folder must be writable") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-            except OSError:
+        fd: int | None = None
+        try:
+            while True:
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                except OSError as exc:
+                    raise OutputError(f"cannot create the lock file {str(self.path)!r}: {exc.strerror or exc}; "
+                                      f"the {self.what}'s folder must be writable") from exc
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+                except OSError:
+                    os.close(fd)
+                    fd = None
+                    raise FolderLockedError(
+                        f"{self.what} {str(self.folder)!r} is in use by another sdcompress run ({self._holder()}); "
+                        "wait for it to finish or choose another --output-dir"
+                    ) from None
+                if self._same_file(fd):  # the holder may have removed it between our open and flock: retry
+                    break
                 os.close(fd)
-                raise FolderLockedError(
-                    f"{self.what} {str(self.folder)!r} is in use by another sdcompress run ({self._holder()}); "
-                    "wait for it to finish or choose another --output-dir"
-                ) from None
-            try:  # the holder may have removed the file between our open and flock: retry on the new one
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
+                fd = None
+            self._fd, fd = fd, None  # held from here on: release() removes it whatever happens next
+            old = os.read(self._fd, 4096)
+            if old.strip() and not self.wait:
+                logger.warning("taking over the stale lock of %s in %s (that process is gone)", self._holder(), self.folder)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.ftruncate(self._fd, 0)
+            since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())
+            os.write(self._fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
+            os.fsync(self._fd)
+            return self
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C) part-way: leave no lock file of ours behind
+            if self._fd is not None:
+                self.release()
+            elif fd is not None:
+                self._drop_unheld(fd)
+            raise
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _drop_unheld(self, fd: int) -> None:
+        """Close ``fd`` (opened, lock not yet taken); remove the file if nobody holds it."""
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self._same_file(fd):
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # another process holds it: its file, not ours to remove
+        finally:
             os.close(fd)
-        old = os.read(fd, 4096)
-        if old.strip() and not self.wait:
-            logger.warning("taking over the stale lock of %s in %s (that process is gone)", self._holder(), self.folder)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.ftruncate(fd, 0)
-        since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
-        os.fsync(fd)
-        self._fd = fd
-        return self
 
     def held_elsewhere(self) -> str | None:
         """Who holds the lock when another process does (``None`` when free), without

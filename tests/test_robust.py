@@ -500,3 +500,49 @@ def test_sigterm_cleans_up_releases_the_lock_and_exits_143(tmp_path):
     assert not (out / LOCK_FILE).exists() and _leftovers(out) == []
     cache = Path(os.environ["SDCOMPRESS_CACHE"])
     assert not list(cache.glob("*.lock"))
+
+
+@pytest.mark.parametrize("where", ["flock", "fsync"])
+def test_lock_interrupted_while_being_taken_leaves_no_file(tmp_path, monkeypatch, where):
+    """SIGTERM/Ctrl-C can land inside acquire() (waiting on a cache entry's flock, or in the
+    fsync of the holder record): the lock file this process created must not stay behind."""
+    import fcntl
+
+    real = {"flock": fcntl.flock, "fsync": os.fsync}
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real[where](*args, **kwargs)
+
+    monkeypatch.setattr(fcntl if where == "flock" else os, where, interrupted)
+    lock = FolderLock(tmp_path, what="cache entry", name=".entry.lock", wait=True)
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire()
+    assert not (tmp_path / ".entry.lock").exists() and lock._fd is None
+    monkeypatch.undo()
+    with FolderLock(tmp_path, what="cache entry", name=".entry.lock", wait=True):  # takes it normally afterwards
+        assert (tmp_path / ".entry.lock").exists()
+    assert not (tmp_path / ".entry.lock").exists()
+
+
+def test_interrupted_waiter_leaves_the_holders_lock_file(tmp_path, monkeypatch):
+    import fcntl
+
+    holder = FolderLock(tmp_path, name=".entry.lock").acquire()  # same process, another open file: flock conflicts
+    real_flock = fcntl.flock
+
+    def waiting(fd, op):
+        if op == fcntl.LOCK_EX:  # the blocking wait is interrupted
+            raise KeyboardInterrupt
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", waiting)
+    with pytest.raises(KeyboardInterrupt):
+        FolderLock(tmp_path, name=".entry.lock", wait=True).acquire()
+    monkeypatch.undo()
+    assert (tmp_path / ".entry.lock").exists()  # still the holder's
+    holder.release()
+    assert not (tmp_path / ".entry.lock").exists()

@@ -158,6 +158,12 @@ def test_eos_verdict_on_known_logs():
     flat = [dict(r, sharpness=1.0) for r in rising]
     v = eos_verdict(flat, lr=lr, window=0.5, tolerance=0.1)
     assert not v.at_eos and v.first_crossing_step is None and "not at the edge" in v.message
+    # a window of one point has no trend: the message reports the whole run instead
+    two = eos_verdict(rising[:2], lr=lr, weight_decay=wd, window=0.5, tolerance=0.1)
+    assert two.n_points == 1 and "train loss 3 → 2.9 over the run (one logged point in the window" in two.message
+    assert "not falling" not in two.message and "still falling" not in two.message
+    one = eos_verdict(rising[:1], lr=lr, weight_decay=wd, window=0.5, tolerance=0.1)
+    assert one.message.endswith("one logged point: no trend")
 
 
 # ------------------------------------------------------------------------- EoS runs

@@ -17,6 +17,7 @@ import torch
 
 from sdcompress.compress import CompressionReport, compress_, load_compressed, save_compressed
 from sdcompress.data import BatchStream, DatasetBundle
+from sdcompress.config import AUTO_LR
 from sdcompress.errors import ConfigError
 from sdcompress.estimator import estimate_sd
 from sdcompress.estimator.result import SDEstimate
@@ -116,8 +117,13 @@ def load_trained(cfg: RunConfig, folder: Path | None, device: torch.device, *,
     loaded.model.to(device)
     check(loaded)
     data = load_training_data(name, cfg.data, loaded.tokenizer)
-    phase = f"constant-η SGD phase of {cfg.train.steps} steps from the checkpoint"
-    return Trained(loaded, data, {}, phase, pending=cfg.train.steps > 0)
+    return Trained(loaded, data, {}, checkpoint_phase(cfg), pending=cfg.train.steps > 0)
+
+
+def checkpoint_phase(cfg: RunConfig) -> str:
+    """How the report names the SGD phase run from a checkpoint."""
+    lr = "η auto (2/λ_max at the start)" if cfg.train.lr == AUTO_LR else f"η = {cfg.train.lr:g}"
+    return f"constant-η SGD phase of {cfg.train.steps} steps from the checkpoint ({lr})"
 
 
 def finish_training(cfg: RunConfig, trained: Trained, folder: Path) -> Trained:
@@ -127,7 +133,8 @@ def finish_training(cfg: RunConfig, trained: Trained, folder: Path) -> Trained:
 
     if trained.pending:
         result = train_sgd(trained.loaded, trained.data, cfg.train, data_config=cfg.data, output_dir=folder / SGD_PHASE_DIR)
-        trained = replace(trained, log=result.to_dict(), pending=False)
+        # the pre-flight may have changed the step count since load_trained named the phase
+        trained = replace(trained, log=result.to_dict(), pending=False, phase=checkpoint_phase(cfg))
     target = folder / TRAINED_DIR
     if not target.is_dir():
         tmp = Path(tempfile.mkdtemp(prefix=f".{TRAINED_DIR}.", suffix=".tmp", dir=folder))
@@ -152,7 +159,7 @@ def with_trained_lr(cfg: RunConfig, trained: Trained) -> RunConfig:
     Raises:
         ConfigError: ``auto`` with no SGD phase to take η from (``--steps 0``).
     """
-    from sdcompress.train.step_size import AUTO_LR, trained_lr
+    from sdcompress.train.step_size import trained_lr
 
     if cfg.train.lr != AUTO_LR:
         return cfg

@@ -228,7 +228,13 @@ def eos_verdict(
         f"progressive sharpening from {ratios[0]:.2f}·{name} reached the bar at step {crossing}" if sharpening
         else f"started at {ratios[0]:.2f}·{name}" + (" (above the bar: the first steps catapult)" if ratios[0] >= 1 - tolerance else "")
     )
-    trend = f"train loss {'still falling' if falling else 'not falling'} ({loss_start:.4g} → {loss_end:.4g})"
+    if len(win) >= 2:
+        trend = f"train loss {'still falling' if falling else 'not falling'} ({loss_start:.4g} → {loss_end:.4g})"
+    elif len(records) >= 2:  # one point in the window has no trend: say what the whole run did
+        first, last = float(records[0]["train_loss"]), float(records[-1]["train_loss"])
+        trend = f"train loss {first:.4g} → {last:.4g} over the run (one logged point in the window: no trend there)"
+    else:
+        trend = "one logged point: no trend"
     message = f"{head}: {where} (median (λ_max + wd)/({name}) = {med:.2f}, {name} = {limit:.4g}); {how}; {trend}"
     return EoSVerdict(
         at_eos=at_eos,
