@@ -344,3 +344,20 @@ def test_reprobe_predicts_the_remeasure_on_the_compressed_model(tmp_path, caplog
     assert after.n_hvp == stage.hvps == 3 * 8 and after.d == getattr(record, REMEASURE_RECORD)["probe"]["d"] < est.d
     disabled = replace(cfg, preflight=PreflightConfig(enabled=False))
     assert remeasure_prediction(disabled, compressed, stream, lr=0.1) is None
+
+
+def test_probe_keeps_its_larger_batch_within_the_memory_budget():
+    """The probe's second point (gradient and product on a larger head of the batch) is cut to
+    what the memory budget allows: on GPT-2 small the whole-batch product alone took 9.3 GB."""
+    torch.manual_seed(0)
+    loaded = load_model("tiny-gpt2", seed=0, block_size=16, n_embd=16, n_layer=1, n_head=2)
+    data = load_data("pydoc", block_size=16)
+    batch = move_batch(BatchStream(data.train, 8, seed=0).batch(0), "cpu")
+    free = probe_costs(loaded, batch)
+    assert free.hvp_sizes == (2, 8) or list(free.hvp_sizes) == [2, 8]
+    tight = probe_costs(loaded, batch, memory_budget=0)  # no room above what is in use: the small point alone
+    assert list(tight.hvp_sizes) == [2] and tight.t_hvp > 0 and tight.t_grad > 0
+    k = gpt2_like_knobs(batch_size=8, sgd_steps=0, slq_runs=2, lanczos_steps=4, lyapunov=False, eval_test=0, eval_train=0,
+                        eval_batch_size=8, compress=False)
+    est = {s.name: s for s in predict(tight, k)}["SD estimate"]
+    assert est.hvps == 8 and est.seconds > 0  # one point still predicts (a line through it)

@@ -225,7 +225,7 @@ def _repeat(batch: Batch, n: int) -> Batch:
 
 
 def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_small: int | None = None,
-                eval_batch_size: int | None = None, block: int | None = None) -> Probe:
+                eval_batch_size: int | None = None, block: int | None = None, memory_budget: int | None = None) -> Probe:
     """Time a forward pass, a gradient and Hessian-vector products on ``batch``.
 
     Products and the forward pass are timed on the first ``n_small`` examples (default:
@@ -242,6 +242,10 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
             evaluation's batch; ``None``: not timed).
         block: also time one batched product of this many vectors on the larger batch (the
             Lyapunov frame; ``None``: not timed; skipped for a slow model).
+        memory_budget: bytes the probe itself may use (``None``: no limit). The larger batch
+            is cut to what the small gradient's and product's memory, scaled linearly in the
+            examples (an over-estimate: part of it is d-sized), says fits; with no room the
+            times are scaled along a line through the small point alone.
 
     Returns:
         The :class:`Probe`.
@@ -275,15 +279,6 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
         gradient(small)()  # warm-up (allocator, kernels); a slow model is warm after its forward pass
     with _PeakSampler(device) as g_small:
         t_grad = _timed(gradient(small), device)
-    sizes, times, peaks = [n_small], [t_grad], [g_small.peak]
-    if n > n_small:  # the second point of the line: the whole batch, or 4× the small one for a slow model
-        n2 = n if t_grad < 2.0 else min(n, 4 * n_small)
-        sizes.append(n2)
-        if t_grad < 0.5:
-            gradient(_head(batch, n2))()  # warm-up at this size too (a cheap model's first call is mostly set-up)
-        with _PeakSampler(device) as g_big:
-            times.append(_timed(gradient(_head(batch, n2)), device, max_reps=3))
-        peaks.append(g_big.peak)
     v = torch.randn(floss.d, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(w.dtype).to(device)
     with _PeakSampler(device) as peak:
         firsts = []
@@ -296,7 +291,20 @@ def probe_costs(loaded: LoadedModel, batch: Batch, *, params: Any = None, n_smal
             firsts.append(time.perf_counter() - t)
         t_hvp = _timed(lambda: op.matvec(v), device)
         del op
+    sizes, times, peaks = [n_small], [t_grad], [g_small.peak]
     hvp_sizes, hvp_times = [n_small], [t_hvp]
+    # the second point of the lines: the whole batch, or 4× the small one for a slow model, cut to the memory budget
+    n2 = n if t_grad < 2.0 else min(n, 4 * n_small)
+    if memory_budget is not None:
+        per_example = max(g_small.peak - base, peak.peak - base, 1) / n_small
+        n2 = min(n2, int(max(memory_budget - base, 0) // per_example))
+    if n2 > n_small:
+        sizes.append(n2)
+        if t_grad < 0.5:
+            gradient(_head(batch, n2))()  # warm-up at this size too (a cheap model's first call is mostly set-up)
+        with _PeakSampler(device) as g_big:
+            times.append(_timed(gradient(_head(batch, n2)), device, max_reps=3))
+        peaks.append(g_big.peak)
     t_block, block_n = 0.0, 0
     if len(sizes) > 1:  # the products' own line: products on the second batch of the gradient line
         op = HessianOperator(floss, _head(batch, sizes[1]), w)

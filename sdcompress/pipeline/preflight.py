@@ -123,6 +123,10 @@ class PreflightConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def memory_budget_bytes(self, device: torch.device) -> int:
+        """The memory budget in bytes: ``memory_budget_gb``, or the device's default."""
+        return int(self.memory_budget_gb * GiB) if self.memory_budget_gb is not None else default_memory_budget(device)
+
     def validate(self) -> "PreflightConfig":
         """Check every field; returns ``self``.
 
@@ -573,9 +577,10 @@ def run_preflight(cfg: Any, trained: Any, folder: Path | None, device: torch.dev
     while eval_n > 1 and 3 * eval_n * block * vocab * 4 > 256 * 2 ** 20:
         eval_n //= 2
     knobs = knobs_for(cfg, trained, lyapunov=lyapunov)
-    probe = probe_costs(trained.loaded, batch, params=params, eval_batch_size=eval_n, block=_frame_block(knobs, cfg))
     budget_t = pcfg.time_budget_s
-    budget_m = int(pcfg.memory_budget_gb * GiB) if pcfg.memory_budget_gb is not None else default_memory_budget(device)
+    budget_m = pcfg.memory_budget_bytes(device)
+    probe = probe_costs(trained.loaded, batch, params=params, eval_batch_size=eval_n, block=_frame_block(knobs, cfg),
+                        memory_budget=budget_m)
     from sdcompress.models import BUILTIN_MODELS
 
     probe = _subprobes(probe, cfg, trained.loaded, batch, knobs)
@@ -668,7 +673,9 @@ def remeasure_prediction(cfg: Any, loaded: Any, stream: BatchStream, *, lr: floa
     device = next(loaded.model.parameters()).device
     params = getattr(cfg.estimate, "params", None)
     k = estimate_knobs(cfg)
-    probe = probe_costs(loaded, move_batch(stream.batch(0), device), params=params, block=_frame_block(k, cfg))
+    budget_m = pcfg.memory_budget_bytes(device)
+    probe = probe_costs(loaded, move_batch(stream.batch(0), device), params=params, block=_frame_block(k, cfg),
+                        memory_budget=budget_m)
     probe = probe_overheads(probe, k, _block_sizes(loaded, params), cfg.estimate, lr=lr, weight_decay=weight_decay)
     est = predict(probe, k)[0]
     stage = replace(est, name="re-measure SD", detail=f"re-probed on the compressed model (d = {probe.d:,}): {est.detail}")
