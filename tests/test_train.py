@@ -315,3 +315,21 @@ def test_cli_divergence_leaves_no_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "try --lr 500" in err
     assert not out.exists()
+
+
+def test_cache_key_separates_thread_counts():
+    """On a CPU the same seed trained with 1 and 2 torch threads ends at different weights
+    (float reductions split by thread), so each thread count has its own cache entry."""
+    from sdcompress.train.cache import cache_key
+
+    t, d = default_train_config("mlp"), default_data_config("mlp")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cache_key("mlp", t, d, {}, 0)
+        torch.set_num_threads(2)
+        two = cache_key("mlp", t, d, {}, 0)
+    finally:
+        torch.set_num_threads(before)
+    assert one != two
+    assert cache_key("mlp", t, d, {}, 0) == cache_key("mlp", t, d, {}, 0)  # a pure function otherwise
