@@ -50,8 +50,9 @@ from sdcompress.config import check_step_size
 from sdcompress.data import DatasetBundle, load_data
 from sdcompress.errors import ConfigError
 from sdcompress.experiments.common import SGDSettings, bundle_as, eval_stream, experiment_main, fit_sgd, gaps, write_outputs
-from sdcompress.experiments.eos_grid import GAPS, _ci, _sharpness, correlations, eos_ratio, tail_steps
+from sdcompress.experiments.eos_grid import GAPS, correlations, eos_ratio, minibatch_sharpness, tail_steps
 from sdcompress.experiments.measures import MeasureSettings, full_batch_curvature, sd_measures
+from sdcompress.experiments.stats import fmt_interval, fmt_signed
 from sdcompress.io import write_text_atomic
 from sdcompress.models import load_model
 from sdcompress.progress import progress
@@ -203,7 +204,7 @@ def run_one(cfg: DeepMlpConfig, bundle: DatasetBundle, *, lr: float, batch_size:
     sharp_at: list[int] = []
 
     def hook(step: int, m: torch.nn.Module) -> None:
-        sharp.append(_sharpness(m, bundle, cfg, batch_size, seed, step))  # type: ignore[arg-type]  # reads the same fields
+        sharp.append(minibatch_sharpness(m, bundle, cfg, batch_size, seed, step))  # type: ignore[arg-type]  # reads the same fields
         sharp_at.append(step)
 
     fit = fit_sgd(model, bundle.train, settings, hook=hook, hook_steps=sharpness_steps(settings.max_steps, cfg))
@@ -337,8 +338,8 @@ def markdown_report(cfg: DeepMlpConfig, stats: dict[str, Any], rows: list[dict[s
         lines.extend([f"### {title}", "", "| measure | gap | n | τ | τ interval | Ψ | Ψ interval | ψ_η | ψ_B |", "|---|---|---|---|---|---|---|---|---|"])
         for r in trows:
             if "tau" in r:
-                lines.append(f"| {r['measure']} | {r['gap']} | {r['n_runs']} | {_num(r['tau'])} | {_ci(r['tau_ci'])} | {_num(r['psi_mean'])} | "
-                             f"{_ci(r['psi_mean_ci'])} | {_num(r['psi_lr'])} | {_num(r['psi_batch_size'])} |")
+                lines.append(f"| {r['measure']} | {r['gap']} | {r['n_runs']} | {fmt_signed(r['tau'])} | {fmt_interval(r['tau_ci'])} | {fmt_signed(r['psi_mean'])} | "
+                             f"{fmt_interval(r['psi_mean_ci'])} | {fmt_signed(r['psi_lr'])} | {fmt_signed(r['psi_batch_size'])} |")
         lines.append("")
 
     table("all runs", stats["all_runs"])
@@ -364,10 +365,6 @@ def markdown_report(cfg: DeepMlpConfig, stats: dict[str, Any], rows: list[dict[s
 
 def _range(v: list[float] | None, fmt: str = ".3g") -> str:
     return f"{v[0]:{fmt}}–{v[1]:{fmt}}" if v else "—"
-
-
-def _num(v: float) -> str:
-    return f"{v:+.3f}" if math.isfinite(v) else "—"
 
 
 def main(argv: list[str] | None = None) -> int:

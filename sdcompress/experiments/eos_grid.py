@@ -48,9 +48,11 @@ from sdcompress.experiments.common import (
     gaps,
     write_outputs,
 )
+from sdcompress.experiments.grid import GAPS, MEASURES
 from sdcompress.experiments.measures import MeasureSettings, full_batch_curvature, sd_measures
 from sdcompress.experiments.stats import (
     bootstrap_interval,
+    fmt_interval,
     granulated_kendall,
     kendall_tau,
     partial_kendall,
@@ -62,8 +64,6 @@ from sdcompress.progress import progress
 
 logger = logging.getLogger(__name__)
 
-MEASURES = ["sd_exact", "sd_slq", "sd_kde", "sd_ps", "lambda_1", "hess_top", "hess_trace"]
-GAPS = ["acc_gap", "loss_gap"]
 
 
 @dataclass
@@ -138,7 +138,7 @@ def eos_ratio(sharpness: list[float], lr: float, weight_decay: float) -> float:
     return float(np.median([(s + weight_decay) * lr / 2.0 for s in sharpness]))
 
 
-def _sharpness(model: torch.nn.Module, bundle: DatasetBundle, cfg: EosGridConfig, batch_size: int, seed: int, step: int) -> float:
+def minibatch_sharpness(model: torch.nn.Module, bundle: DatasetBundle, cfg: EosGridConfig, batch_size: int, seed: int, step: int) -> float:
     """λ_max at the current weights (see the module docstring)."""
     from sdcompress.linalg import HessianOperator, top_eigenvalue
 
@@ -158,7 +158,7 @@ def run_one(cfg: EosGridConfig, bundle: DatasetBundle, *, lr: float, batch_size:
     sharp: list[float] = []
 
     def hook(step: int, m: torch.nn.Module) -> None:
-        sharp.append(_sharpness(m, bundle, cfg, batch_size, seed, step))
+        sharp.append(minibatch_sharpness(m, bundle, cfg, batch_size, seed, step))
 
     settings = SGDSettings(lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed, max_steps=cfg.steps)
     fit = fit_sgd(model, bundle.train, settings, hook=hook, hook_steps=tail_steps(cfg.steps, cfg.tail_fraction, cfg.sharpness_every))
@@ -296,10 +296,6 @@ def run(cfg: EosGridConfig, out_dir: Path) -> dict[str, Any]:
     return payload
 
 
-def _ci(v: Any) -> str:
-    return f"[{v[0]:+.2f}, {v[1]:+.2f}]" if v and all(math.isfinite(x) for x in v) else "—"
-
-
 def markdown_report(cfg: EosGridConfig, stats: dict[str, Any]) -> str:
     """The exclusions, the τ / Ψ tables with intervals and the confound as Markdown."""
     pct = int(round(100 * cfg.bootstrap_level))
@@ -311,7 +307,7 @@ def markdown_report(cfg: EosGridConfig, stats: dict[str, Any]) -> str:
         lines.extend([f"### {title}", "", "| measure | gap | n | τ | τ interval | Ψ | Ψ interval |", "|---|---|---|---|---|---|---|"])
         for r in rows:
             if "tau" in r:
-                lines.append(f"| {r['measure']} | {r['gap']} | {r['n_runs']} | {r['tau']:+.3f} | {_ci(r['tau_ci'])} | {r['psi_mean']:+.3f} | {_ci(r['psi_mean_ci'])} |")
+                lines.append(f"| {r['measure']} | {r['gap']} | {r['n_runs']} | {r['tau']:+.3f} | {fmt_interval(r['tau_ci'])} | {r['psi_mean']:+.3f} | {fmt_interval(r['psi_mean_ci'])} |")
         lines.append("")
 
     table("all runs at EoS", stats["pooled"])
@@ -321,13 +317,13 @@ def markdown_report(cfg: EosGridConfig, stats: dict[str, Any]) -> str:
     if "tau_wd_sd" in c:
         lines += [f"### the weight-decay confound ({c['sd']}/d, {c['n_runs']} runs)", "", f"τ(wd, SD/d) = {c['tau_wd_sd']:+.3f}.", ""]
         for gap in GAPS:
-            within = "; ".join(f"wd {w}: {s['tau']:+.3f} {_ci(s['tau_ci'])}" for w, s in c[f"slices_{gap}"].items())
+            within = "; ".join(f"wd {w}: {s['tau']:+.3f} {fmt_interval(s['tau_ci'])}" for w, s in c[f"slices_{gap}"].items())
             beyond = "no"
             if c[f"sd_beyond_wd_{gap}"]:
                 beyond = "yes, SD rises with the gap" if c[f"slope_{gap}"] > 0 else "yes, but SD falls as the gap grows"
             lines.append(f"- {gap}: τ(wd, gap) = {c[f'tau_wd_{gap}']:+.3f}; τ within slices: {within}; partial τ(SD, gap | wd) = "
-                         f"{c[f'partial_tau_{gap}']:+.3f} {_ci(c[f'partial_tau_{gap}_ci'])}; slope of gap on SD/d within wd = "
-                         f"{c[f'slope_{gap}']:+.3g} {_ci(c[f'slope_{gap}_ci'])}. SD tells something beyond wd (interval excludes 0): **{beyond}**.")
+                         f"{c[f'partial_tau_{gap}']:+.3f} {fmt_interval(c[f'partial_tau_{gap}_ci'])}; slope of gap on SD/d within wd = "
+                         f"{c[f'slope_{gap}']:+.3g} {fmt_interval(c[f'slope_{gap}_ci'])}. SD tells something beyond wd (interval excludes 0): **{beyond}**.")
     return "\n".join(lines) + "\n"
 
 

@@ -35,7 +35,6 @@ Run: ``python -m sdcompress.experiments.gpt_grid [--config recipes/experiments/g
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -52,7 +51,7 @@ from sdcompress.errors import ConfigError, DivergenceError
 from sdcompress.experiments.common import SGDSettings, eval_stream, experiment_main, fit_sgd, write_outputs
 from sdcompress.experiments.eos_grid import tail_steps
 from sdcompress.experiments.measures import MeasureSettings, full_batch_curvature, sd_measures
-from sdcompress.experiments.stats import correlation_table
+from sdcompress.experiments.stats import correlation_table, fmt_interval, fmt_signed
 from sdcompress.io import write_text_atomic
 from sdcompress.models import load_model
 from sdcompress.models.loader import LoadedModel
@@ -448,14 +447,6 @@ def figures(cfg: GptGridConfig, rows: list[dict[str, Any]], stats: dict[str, Any
     return paths
 
 
-def _ci(v: Any) -> str:
-    return f"[{v[0]:+.2f}, {v[1]:+.2f}]" if v and all(math.isfinite(x) for x in v) else "—"
-
-
-def _num(v: Any) -> str:
-    return f"{v:+.3f}" if isinstance(v, float) and math.isfinite(v) else "—"
-
-
 def markdown_report(cfg: GptGridConfig, payload: dict[str, Any]) -> str:
     """Exclusions, the spread of eos_ratio, the τ / Ψ tables with intervals (runs at EoS
     and all finished runs), and the wall time and load.
@@ -489,8 +480,8 @@ def markdown_report(cfg: GptGridConfig, payload: dict[str, Any]) -> str:
             return
         lines.extend([f"### {title}", "", "| measure | gap | n | τ | τ interval | Ψ | Ψ interval |", "|---|---|---|---|---|---|---|"])
         for r in rows:
-            lines.append(f"| {r['measure']} | {r['gap']} | {r['n_runs']} | {_num(r['tau'])} | {_ci(r.get('tau_ci'))} | "
-                         f"{_num(r['psi_mean'])} | {_ci(r.get('psi_mean_ci'))} |")
+            lines.append(f"| {r['measure']} | {r['gap']} | {r['n_runs']} | {fmt_signed(r['tau'])} | {fmt_interval(r.get('tau_ci'))} | "
+                         f"{fmt_signed(r['psi_mean'])} | {fmt_interval(r.get('psi_mean_ci'))} |")
         lines.append("")
 
     lines += ["## all finished runs (the paper's protocol: no EoS filter)", ""]

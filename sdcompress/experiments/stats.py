@@ -269,3 +269,13 @@ def slice_slope(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
         yc[m] -= b[m].mean()
     sxx = float(np.sum(xc * xc))
     return float(np.sum(xc * yc)) / sxx if sxx > 1e-300 else float("nan")
+
+
+def fmt_interval(v: Any) -> str:
+    """``[lo, hi]`` with signs and 2 decimals, or ``—`` when missing or not finite (tables)."""
+    return f"[{v[0]:+.2f}, {v[1]:+.2f}]" if v and all(math.isfinite(x) for x in v) else "—"
+
+
+def fmt_signed(v: Any) -> str:
+    """A coefficient with its sign and 3 decimals, or ``—`` when missing or not finite (tables)."""
+    return f"{v:+.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "—"
